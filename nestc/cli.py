@@ -1,0 +1,252 @@
+"""The `nestc` command line.
+
+Every user-caused problem is a NestError: printed with file, line, column, the offending line, a
+hint, and exit code 2. Internal errors print one line and, with NESTC_DEBUG=1, the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+
+from .diagnostics import NestError, Pos
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="nestc: write, see, compile, train and stream nested optimization "
+                       "systems (Nested Learning).")
+# piped output (files, CI logs) gets a wide console so trees are not cut at 80 columns
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+SET_HELP = "override a param: --set d_model=512 (repeatable)"
+
+
+def _overrides(sets: list[str]) -> dict[str, str]:
+    result = {}
+    for s in sets or []:
+        if "=" not in s:
+            raise NestError.at(Pos(file="--set"), f"`--set {s}`: expected NAME=VALUE",
+                               hint="for example --set d_model=512")
+        k, v = s.split("=", 1)
+        k = k.strip()
+        if not k.isidentifier():
+            raise NestError.at(Pos(file="--set"), f"`--set {s}`: `{k}` is not a param name")
+        result[k] = v.strip()
+    return result
+
+
+def _run(fn: Callable[[], int | None]) -> None:
+    try:
+        code = fn()
+    except NestError as e:
+        from .views import print_error
+
+        print_error(err_console, e)
+        raise typer.Exit(2)
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as e:  # an internal error: never show a user a bare traceback
+        if os.environ.get("NESTC_DEBUG"):
+            traceback.print_exc()
+        err_console.print(f"[bold red]internal error[/]: {type(e).__name__}: {e}")
+        err_console.print("  this is a bug in nestc, not in your input; rerun with NESTC_DEBUG=1 "
+                          "for the traceback and report it")
+        raise typer.Exit(3)
+    raise typer.Exit(code or 0)
+
+
+def _program(spec: str, sets: list[str]):
+    from .loader import load
+    from .resolve import resolve
+
+    loaded = load(spec)
+    return resolve(loaded, _overrides(sets))
+
+
+# ------------------------------------------------------------------------------------- check
+@app.command()
+def check(spec: str = typer.Argument(..., help="a spec file (.nest / .yaml) or a built-in name"),
+          set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Check a spec: syntax, names, shapes, levels, and what the compiler supports."""
+
+    def run():
+        from .compat import unsupported
+        from .levels import build
+        from .views import print_warnings
+
+        program = _program(spec, set_)
+        lg = build(program)
+        unsupported(program)
+        print_warnings(err_console, program.warnings)
+        n = sum(1 for _ in lg.graph.nodes)
+        from .diagnostics import plural
+
+        out.print(f"[bold green]✓[/] {program.name}: {plural(n, 'box')} in "
+                  f"{plural(len(lg.levels), 'level')}, {plural(len(program.layers), 'layer')} — "
+                  "checks clean")
+
+    _run(run)
+
+
+# ------------------------------------------------------------------------------------- graph
+@app.command()
+def graph(spec: str = typer.Argument(..., help="a spec file or a built-in name"),
+          format: str = typer.Option("tree", "--format", "-f", help="tree, json, dot or mermaid"),
+          timeline: Optional[Path] = typer.Option(None, "--timeline",
+                                                  help="a run folder or metrics.jsonl: show when "
+                                                       "each level updated"),
+          set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Draw a spec's level graph: levels from slowest to fastest, boxes, and their edges."""
+
+    def run():
+        from .levels import build, json_dumps
+        from .views import level_tree
+
+        if format not in ("tree", "json", "dot", "mermaid"):
+            raise NestError.at(Pos(file="--format"), f"unknown format `{format}`",
+                               hint="choose tree, json, dot or mermaid")
+        lg = build(_program(spec, set_))
+        if timeline is not None:
+            from .timeline import render_timeline
+
+            out.print(render_timeline(lg, timeline))
+            return
+        if format == "json":
+            sys.stdout.write(json_dumps(lg))
+        elif format == "dot":
+            sys.stdout.write(lg.to_dot())
+        elif format == "mermaid":
+            sys.stdout.write(lg.to_mermaid())
+        else:
+            out.print(level_tree(lg))
+
+    _run(run)
+
+
+# ------------------------------------------------------------------------------------- specs
+@app.command()
+def specs(functions: bool = typer.Option(False, "--functions",
+                                         help="list the functions of the expression language")) -> None:
+    """List the built-in specs (a line each), or the language's functions."""
+
+    def run():
+        from .loader import builtin_names, builtin_path, parse_file
+        from .diagnostics import SourceMap
+        from .views import functions_table, specs_table
+
+        if functions:
+            out.print(functions_table())
+            return
+        rows = []
+        for name in builtin_names():
+            spec = parse_file(builtin_path(name), SourceMap())
+            kind = "model" if spec.model is not None else (
+                "optimizer" if any(b.box_kind == "weights" for b in spec.boxes) else "library")
+            rows.append((name, kind, spec.title or ""))
+        out.print(specs_table(rows))
+
+    _run(run)
+
+
+# ------------------------------------------------------------------------------------- fmt
+@app.command()
+def fmt(paths: List[str] = typer.Argument(..., help="spec files (or built-in names) to format"),
+        write: bool = typer.Option(False, "--write", "-w", help="rewrite the files in place"),
+        check_only: bool = typer.Option(False, "--check", help="exit 1 if a file is not formatted")) -> None:
+    """Print a spec in canonical .nest form (idempotent; parsing it gives the same IR)."""
+
+    def run():
+        from .diagnostics import SourceMap
+        from .loader import locate, parse_file
+        from .printer import format_spec
+        from .atomic import write_text_atomic
+
+        status = 0
+        for ref in paths:
+            path = locate(ref)
+            spec = parse_file(path, SourceMap())
+            text = format_spec(spec)
+            if check_only:
+                if path.suffix == ".nest" and path.read_text(encoding="utf-8") != text:
+                    err_console.print(f"would reformat {path}")
+                    status = 1
+            elif write:
+                if path.suffix != ".nest":
+                    raise NestError.at(Pos(file=str(path)), "`fmt --write` rewrites .nest files",
+                                       hint=f"to turn YAML into .nest: nestc convert {path} -o "
+                                            f"{path.with_suffix('.nest')}")
+                write_text_atomic(path, text)
+            else:
+                sys.stdout.write(text)
+        return status
+
+    _run(run)
+
+
+# ------------------------------------------------------------------------------------- convert
+@app.command()
+def convert(spec: str = typer.Argument(..., help="a .nest or .yaml spec (or a built-in name)"),
+            output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                  help="where to write; the suffix picks the syntax"),
+            to: Optional[str] = typer.Option(None, "--to", help="nest or yaml (default: the other one)")) -> None:
+    """Convert a spec between YAML and .nest (same IR either way)."""
+
+    def run():
+        from .diagnostics import SourceMap
+        from .loader import locate, parse_file
+        from .printer import format_spec
+        from .yaml_io import format_yaml
+        from .atomic import write_text_atomic
+
+        path = locate(spec)
+        parsed = parse_file(path, SourceMap())
+        target = to or (output.suffix.lstrip(".") if output else None) or \
+            ("nest" if path.suffix in (".yaml", ".yml") else "yaml")
+        target = {"yml": "yaml"}.get(target, target)
+        if target not in ("nest", "yaml"):
+            raise NestError.at(Pos(file="--to"), f"unknown syntax `{target}`", hint="nest or yaml")
+        text = format_spec(parsed) if target == "nest" else format_yaml(parsed)
+        if output:
+            write_text_atomic(output, text)
+            err_console.print(f"wrote {output}")
+        else:
+            sys.stdout.write(text)
+
+    _run(run)
+
+
+# ------------------------------------------------------------------------------------- schema
+@app.command()
+def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to a file")) -> None:
+    """Export the JSON Schema of YAML specs (for editor completion and validation)."""
+
+    def run():
+        import json
+
+        from .schema import json_schema
+        from .atomic import write_text_atomic
+
+        text = json.dumps(json_schema(), indent=2) + "\n"
+        if output:
+            write_text_atomic(output, text)
+            err_console.print(f"wrote {output}")
+        else:
+            sys.stdout.write(text)
+
+    _run(run)
+
+
+def main() -> None:
+    # typer's standalone mode prints usage errors (unknown options, missing arguments) and exits
+    # with code 2, as a bad spec does.
+    app()
+
+
+if __name__ == "__main__":
+    main()

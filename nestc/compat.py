@@ -1,0 +1,18 @@
+"""What the compiler can lower: checked by `nestc check` before any code is generated, so that an
+unsupported combination is an error naming the box and the spec line, never a failure halfway
+through training. The lowering rules themselves live in nestc/lower.py; this module asks them."""
+
+from __future__ import annotations
+
+from .diagnostics import Collector
+from .program import Program
+
+
+def unsupported(program: Program, errors: Collector | None = None) -> None:
+    from .lower import plan
+
+    own = errors is None
+    errors = errors or Collector()
+    plan(program, errors)
+    if own:
+        errors.raise_if_errors()
