@@ -221,6 +221,32 @@ def convert(spec: str = typer.Argument(..., help="a .nest or .yaml spec (or a bu
     _run(run)
 
 
+# ------------------------------------------------------------------------------------- compile
+@app.command("compile")
+def compile_(spec: str = typer.Argument(..., help="a spec file or a built-in name"),
+             output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                   help="write the module here (default: stdout)"),
+             set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Generate the spec's PyTorch module: the model, its optimizers and its level schedule."""
+
+    def run():
+        from .atomic import write_text_atomic
+        from .compiler import resolve_for_compile
+        from .codegen import generate
+        from .levels import build
+        from .loader import load
+
+        program = resolve_for_compile(load(spec), _overrides(set_))
+        source = generate(program, build(program))
+        if output:
+            write_text_atomic(output, source)
+            err_console.print(f"wrote {output} ({len(source.splitlines())} lines)")
+        else:
+            sys.stdout.write(source)
+
+    _run(run)
+
+
 # ------------------------------------------------------------------------------------- schema
 @app.command()
 def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to a file")) -> None:

@@ -12,7 +12,7 @@ def unsupported(program: Program, errors: Collector | None = None) -> None:
     from .lower import plan
 
     own = errors is None
-    errors = errors or Collector()
+    errors = errors or Collector(program.sources)
     plan(program, errors)
     if own:
         errors.raise_if_errors()

@@ -9,6 +9,7 @@ how to fix it. The CLI prints them (all of them, not only the first) and exits w
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -45,7 +46,7 @@ class Diagnostic:
         """The offending line with a caret under the column, or None without source."""
         if not self.source_line or not self.pos.line:
             return None
-        line = self.source_line.rstrip("\n").expandtabs(4)
+        line = self.source_line.rstrip("\r\n").expandtabs(4)
         col = max(self.pos.col, 1)
         width = 1
         if self.pos.end_line == self.pos.line and self.pos.end_col > self.pos.col:
@@ -135,14 +136,28 @@ class Collector:
             raise NestError(unique)
 
 
+_YAML_BREAKS = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def source_lines(text: str, yaml: bool = False) -> list[str]:
+    """The lines of a source text, numbered as its parser numbers them: lark ends a line only at
+    `\n` (str.splitlines would also break at U+2028, form feeds and others, shifting every later
+    line), PyYAML also at `\r`, U+0085, U+2028 and U+2029. A final line break ends the last line
+    rather than starting an empty one, and a `\r` before `\n` is not part of the line."""
+    lines = _YAML_BREAKS.split(text) if yaml else text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
 class SourceMap:
     """Text of every source file seen, so diagnostics can quote the offending line."""
 
     def __init__(self) -> None:
         self._lines: dict[str, list[str]] = {}
 
-    def add(self, file: str, text: str) -> None:
-        self._lines[file] = text.splitlines()
+    def add(self, file: str, text: str, yaml: bool = False) -> None:
+        self._lines[file] = source_lines(text, yaml)
 
     def line(self, pos: Pos) -> str | None:
         lines = self._lines.get(pos.file)

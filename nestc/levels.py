@@ -135,6 +135,7 @@ def _node_attrs(b: BoxInfo, prefix_count: int | None = None) -> dict[str, Any]:
         "reset": str(b.reset),
         "read": b.read if b.kind == "memory" else "",
         "line": b.pos.line,
+        "col": b.pos.col,
         "file": b.pos.file,
     }
 
@@ -149,7 +150,7 @@ def _uses_learned_layers(b: BoxInfo) -> bool:
 
 def build(program: Program, errors: Collector | None = None) -> LevelGraph:
     own_errors = errors is None
-    errors = errors or Collector()
+    errors = errors or Collector(program.sources)
     g = nx.MultiDiGraph()
     seq_len = program.seq_len
 
@@ -345,12 +346,22 @@ def _assign_levels(program: Program, g: nx.MultiDiGraph, seq_len: int, errors: C
                 needs.add_edge(a, b)
         cycles = list(nx.simple_cycles(needs))
         if cycles:
-            cyc = cycles[0]
+            # one report, the same on every run (networkx's cycle order depends on set order):
+            # the shortest cycle, starting at the box declared first
+            def where(n: str) -> tuple:
+                return (g.nodes[n].get("line", 0), g.nodes[n].get("col", 0), n)
+
+            def canonical(c: list[str]) -> list[str]:
+                i = c.index(min(c, key=where))
+                return c[i:] + c[:i]
+
+            cyc = min((canonical(c) for c in cycles), key=lambda c: (len(c), [where(n) for n in c]))
             path = " -> ".join(cyc + [cyc[0]])
             node = g.nodes[cyc[0]]
             from .diagnostics import Pos
 
-            errors.error(Pos(file=node.get("file", ""), line=node.get("line", 0), col=1),
+            errors.error(Pos(file=node.get("file", ""), line=node.get("line", 0),
+                             col=node.get("col") or 1),
                          f"these boxes update at the same frequency and each needs the others' "
                          f"current state: {path}",
                          hint="give one of them another frequency, or read it through "
@@ -382,7 +393,7 @@ def _check_nesting(program: Program, g: nx.MultiDiGraph, errors: Collector) -> N
         seen.add((a, b))
         pa, pb = na["period"], nb["period"]
         if pa % pb and pb % pa:
-            errors.error(Pos(file=nb["file"], line=nb["line"], col=1),
+            errors.error(Pos(file=nb["file"], line=nb["line"], col=nb.get("col") or 1),
                          f"chunk sizes do not nest: `{b}` updates every {pb} tokens and `{a}`, "
                          f"which it exchanges data with, every {pa} tokens",
                          hint="make one chunk size divide the other (for example "

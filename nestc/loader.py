@@ -130,7 +130,11 @@ def load_text(text: str, file: str, suffix: str = ".nest", base: Path | None = N
     loaded = Loaded(root=spec, path=path, sources=sources)
     loaded.specs[str(path.resolve())] = (spec, path)
     for u in spec.uses:
-        _load_rec(_use_path(u, path), loaded, stack=[(str(path.resolve()), u)])
+        try:
+            target = _use_path(u, path)
+        except NestError as err:
+            raise sources.attach(err) from None
+        _load_rec(target, loaded, stack=[(str(path.resolve()), u)])
     return loaded
 
 

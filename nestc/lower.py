@@ -66,6 +66,9 @@ def _num(v: float) -> ir.Expr:
 
 
 def _is_m_call(e: ir.Expr, key: str | None = None) -> bool:
+    """M(k) for a matrix or MLP memory, or M itself for an element-wise (like(W)) state."""
+    if isinstance(e, ir.Name) and e.id == "M":
+        return True
     return isinstance(e, ir.Call) and e.func == "M" and len(e.args) == 1
 
 
@@ -114,8 +117,10 @@ def objective_form(box: BoxInfo) -> ObjectiveForm:
     return ObjectiveForm("general")
 
 
-def _same_keys(call: ir.Call, box: BoxInfo) -> bool:
+def _same_keys(call: ir.Expr, box: BoxInfo) -> bool:
     """Is the argument of M(...) the box's keys (named `k`, or the very keys expression)?"""
+    if isinstance(call, ir.Name):  # a bare M: an element-wise state has no keys
+        return box.state.form in ("like", "vector")
     arg = call.args[0]
     if isinstance(arg, ir.Name) and arg.id == "k":
         return True

@@ -8,6 +8,7 @@ top-level item is reported, not only the first.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from functools import lru_cache
 from importlib import resources
@@ -17,7 +18,7 @@ from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import ir
-from .diagnostics import Collector, Diagnostic, NestError, Pos, SourceMap
+from .diagnostics import Collector, Diagnostic, NestError, Pos, SourceMap, source_lines
 from .props import BOX_PROPS, MODEL_PROPS, TRAIN_PROPS, canonical_order
 
 # ---------------------------------------------------------------------------------------------
@@ -29,9 +30,28 @@ def grammar_text() -> str:
     return resources.files("nestc.grammar").joinpath("nest.lark").read_text(encoding="utf-8")
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 @lru_cache(maxsize=None)
-def _lark(start: str) -> Lark:
-    return Lark(grammar_text(), start=start, parser="lalr", lexer="basic",
+def keywords() -> frozenset[str]:
+    """The reserved words of the grammar (`box`, `every`, `if`, ...): never names."""
+    return frozenset(t.pattern.value for t in _lark().terminals
+                     if t.pattern.type == "str" and _NAME.fullmatch(t.pattern.value))
+
+
+def is_name(text: str) -> bool:
+    """Can `text` be written as a NAME in .nest (ASCII letters, digits, `_`; not a keyword)?
+    The YAML front end checks its names with this, so that every YAML spec converts to .nest."""
+    return bool(_NAME.fullmatch(text)) and text not in keywords()
+
+
+@lru_cache(maxsize=None)
+def _lark() -> Lark:
+    # One parser for whole files (`start`) and single expressions (`expr`: YAML values, --set):
+    # built for `expr` alone, lark would drop the keywords an expression never uses and lex
+    # `when` or `box` as names there, accepting YAML that cannot be written as .nest.
+    return Lark(grammar_text(), start=["start", "expr"], parser="lalr", lexer="basic",
                 propagate_positions=True, maybe_placeholders=True)
 
 
@@ -79,7 +99,11 @@ class _ToIR(Transformer):
     # -- expressions --
     def number(self, meta, children):
         (tok,) = children
-        return ir.Num(value=_number(tok), text=str(tok), pos=self.P(tok))
+        value = _number(tok)
+        if isinstance(value, float) and math.isinf(value):
+            raise NestError.at(self.P(tok), f"the number `{tok}` is too large",
+                               hint="numbers must fit a 64-bit float (at most about 1.8e308)")
+        return ir.Num(value=value, text=str(tok), pos=self.P(tok))
 
     def string(self, meta, children):
         (tok,) = children
@@ -252,14 +276,15 @@ class _ToIR(Transformer):
 class _Comment:
     def __init__(self, tok: Token, code_before: bool, line_offset: int):
         text = str(tok)[1:]
-        self.text = text[1:] if text.startswith(" ") else text
+        # trailing blanks carry nothing (and `nestc fmt` drops them), so the IR drops them too
+        self.text = (text[1:] if text.startswith(" ") else text).rstrip()
         self.line = tok.line + line_offset
         self.trailing = code_before  # code precedes it on the same line
         self.used = False
 
 
 def _comments(text: str, tokens: list[Token], line_offset: int) -> list[_Comment]:
-    lines = text.splitlines()
+    lines = source_lines(text)
     out = []
     for tok in tokens:
         line = lines[tok.line - 1] if tok.line - 1 < len(lines) else ""
@@ -401,7 +426,22 @@ def _token_words(tok: Token) -> str:
 
 
 _TOP = {"SPEC", "USE", "PARAM", "BOX", "BLOCK", "MODEL", "TRAIN"}
-_EXPR_START = {"NUMBER", "STRING", "NAME", "LPAR", "LSQB", "MINUS", "TRUE", "FALSE", "IF", "NOT"}
+_STATEMENT_START = _TOP | {"LET", "EVERY", "CONTEXT", "OPTIMIZER", "REPEAT"}
+_EXPR_START = {"NUMBER", "STRING", "NAME", "LPAR", "LSQB", "MINUS", "TRUE", "FALSE", "IF", "NOT",
+               "LIKE"}
+
+
+def _expected(err: UnexpectedInput) -> set[str]:
+    """The terminals that really fit where the error is. LALR merges the lookahead sets of
+    similar states, so `err.expected` can name tokens that only fit elsewhere (after a param's
+    value it lists box properties); the interactive parser tries each one and knows."""
+    expected = set(getattr(err, "expected", ()) or ())
+    parser = getattr(err, "interactive_parser", None)
+    if parser is not None:
+        accepted = parser.accepts()
+        if accepted:
+            return set(accepted)
+    return expected
 
 
 def _syntax_message(expected: set[str], tok: Token | None) -> tuple[str, str | None]:
@@ -427,6 +467,10 @@ def _syntax_message(expected: set[str], tok: Token | None) -> tuple[str, str | N
                 "a spec is made of `spec`, `use`, `param`, `box`, `block`, `model` and `train` "
                 "declarations")
     if expected and expected <= (_EXPR_START | {"RPAR", "RSQB"}) and "NUMBER" in expected:
+        if tok is not None and tok.value in keywords() and tok.type not in _STATEMENT_START:
+            # `linear(in, when)`; but `param a =` followed by `param b = 2` lacks its value
+            return (f"`{tok}` is a reserved word and cannot be used as a name",
+                    f"choose another name, like `{tok}_`")
         return f"expected an expression, found {got}", None
     if "RPAR" in expected and (tok is None or tok.type != "RPAR"):
         return (f"expected `)` to close the parenthesis, found {got}",
@@ -447,13 +491,13 @@ def _syntax_message(expected: set[str], tok: Token | None) -> tuple[str, str | N
     if "LBRACE" in expected and len(expected) <= 3:
         return f"expected `{{`, found {got}", None
     words = sorted({_word(t) for t in expected if not t.startswith("__")})
-    if len(words) > 6:
-        return f"unexpected {got}", None
+    if len(words) > 6 or not words:
+        return f"{got[0].upper()}{got[1:]} does not fit here", None
     return f"expected {', '.join(words[:-1]) + ' or ' + words[-1] if len(words) > 1 else words[0]}, found {got}", None
 
 
 def _syntax_diagnostic(err: UnexpectedInput, file: str, text: str, line_offset: int) -> Diagnostic:
-    lines = text.splitlines()
+    lines = source_lines(text)
     if isinstance(err, UnexpectedCharacters):
         ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
         if ch in "'":
@@ -467,14 +511,15 @@ def _syntax_diagnostic(err: UnexpectedInput, file: str, text: str, line_offset: 
                   end_line=err.line + line_offset, end_col=err.column + 1)
     elif isinstance(err, UnexpectedToken) and err.token.type != "$END":
         tok = err.token
-        msg, hint = _syntax_message(set(err.expected), tok)
+        expected = _expected(err)
+        msg, hint = _syntax_message(expected, tok)
         before = text[: tok.start_pos] if tok.start_pos is not None else ""
-        if re.search(r"\bevery\s+[^\s{}]+\s*$", before) and set(err.expected) == {"NAME"}:
+        if re.search(r"\bevery\s+[^\s{}]+\s*$", before) and expected == {"NAME"}:
             msg = f"`every` needs a unit after the count, found {_token_words(tok)}"
             hint = "write `every 64 tokens` (in-context) or `every 1 step` (per training step)"
         pos = _pos(file, tok, line_offset)
     else:  # end of file
-        expected = set(getattr(err, "expected", ()) or ())
+        expected = _expected(err)
         depth, last_open = 0, None
         for i, line in enumerate(lines, 1):
             code = line.split("#", 1)[0]
@@ -508,9 +553,9 @@ _ITEM_START = re.compile(r"^(spec|use|param|box|block|model|train)\b", re.M)
 
 
 def _parse_items(text: str, file: str, line_offset: int = 0):
-    tree = _lark("start").parse(text)
+    tree = _lark().parse(text, start="start")
     # Comments are ignored by the parser; a second, cheap lexing pass collects them for docs.
-    comment_toks = [t for t in _lark("start").lex(text, dont_ignore=True) if t.type == "COMMENT"]
+    comment_toks = [t for t in _lark().lex(text, dont_ignore=True) if t.type == "COMMENT"]
     return _transform(_ToIR(file, line_offset), tree), _comments(text, comment_toks, line_offset)
 
 
@@ -545,7 +590,7 @@ def parse_nest(text: str, file: str = "<input>", sources: SourceMap | None = Non
 
 
 def _attach_lines(err: NestError, text: str) -> NestError:
-    lines = text.splitlines()
+    lines = source_lines(text)
     for d in err.diagnostics:
         if d.source_line is None and 1 <= d.pos.line <= len(lines):
             d.source_line = lines[d.pos.line - 1]
@@ -568,7 +613,7 @@ def _all_syntax_errors(text: str, file: str, first: UnexpectedInput) -> list[Dia
         if offset < first_line <= offset + chunk.count("\n") + 1:
             continue
         try:
-            _lark("start").parse(chunk)
+            _lark().parse(chunk, start="start")
         except UnexpectedInput as err:
             d = _syntax_diagnostic(err, file, chunk, offset)
             if d.pos.line != first_line:
@@ -579,14 +624,15 @@ def _all_syntax_errors(text: str, file: str, first: UnexpectedInput) -> list[Dia
 def parse_expr(text: str, file: str = "<input>", line: int = 1, col: int = 1) -> ir.Expr:
     """Parse one expression (used for YAML values and `--set` overrides)."""
     try:
-        tree = _lark("expr").parse(text)
+        tree = _lark().parse(text, start="expr")
     except UnexpectedInput as err:
         d = _syntax_diagnostic(err, file, text, 0)
         shifted = Pos(file=file, line=line + d.pos.line - 1,
                       col=(col + d.pos.col - 1) if d.pos.line == 1 else d.pos.col,
                       end_line=line + d.pos.end_line - 1,
                       end_col=(col + d.pos.end_col - 1) if d.pos.end_line == 1 else d.pos.end_col)
-        raise NestError([Diagnostic(d.message.replace("the end of the file", "the end of the expression"),
+        raise NestError([Diagnostic(d.message.replace("the end of the file", "the end of the expression")
+                                    .replace("The end of the file", "The end of the expression"),
                                     shifted, d.hint)]) from None
     expr = _transform(_ToIR(file), tree)
     if line != 1 or col != 1:

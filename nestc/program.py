@@ -194,6 +194,14 @@ class Program:
     optimizers: list[OptimizerInfo]
     source_text: str = ""
     warnings: list = field(default_factory=list)
+    # the text of every file the spec was read from, so that later passes (the level graph, the
+    # compiler-support plan) can quote the offending line in their diagnostics
+    sources: Any = None
+    types: dict = field(default_factory=dict, repr=False)  # id(expression node) -> Ty
+    _keep: list = field(default_factory=list, repr=False)
+
+    def type_of(self, node) -> "Any":
+        return self.types.get(id(node))
 
     @property
     def seq_len(self) -> int:

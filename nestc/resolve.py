@@ -32,6 +32,8 @@ from .props import BOX_KINDS, BOX_PROPS, MODEL_PROPS, OPTIMIZER_GROUPS, TRAIN_PR
 from .types import COUNTER, LIKE, Ty, boxref, const, head, stream, word
 
 RESERVED_NAMES = {"x", "in", "M", "step", "lss"}
+MAX_LAYERS = 4096  # layers a model may stack (a bound, so that `repeat 1e9` is an error, not a hang)
+MAX_INT = 2 ** 1024  # compile-time whole numbers beyond a float's range are "too large"
 
 # ---------------------------------------------------------------------------------------------
 # merged namespace
@@ -125,7 +127,11 @@ class Fail(Exception):
 
 class Resolver:
     def __init__(self, loaded: Loaded, overrides: dict[str, str] | None = None,
-                 errors: Collector | None = None):
+                 errors: Collector | None = None, symbolic_params: bool = False):
+        # symbolic_params: keep param names in expressions (checked as their constant values)
+        # instead of folding them away -- optimizer specs need `lr` to stay a name, so that the
+        # generated optimizer reads it from its param group and schedules can change it
+        self.symbolic_params = symbolic_params
         self.loaded = loaded
         self.errors = errors or Collector(loaded.sources)
         self.overrides = overrides or {}
@@ -134,6 +140,8 @@ class Resolver:
         self.boxes: dict[str, BoxInfo] = {}
         self.blocks: dict[str, BlockInfo] = {}
         self.dim = 0
+        self.types: dict[int, Ty] = {}
+        self._keep: list = []
 
     # -- errors --
     def err(self, pos: Pos | None, msg: str, hint: str | None = None) -> None:
@@ -156,11 +164,14 @@ class Resolver:
             self._block(bname, top_env, count=layers.count(bname))
         optimizers = self._optimizers(model)
         self.errors.raise_if_errors()
-        return Program(name=root.name, title=root.title, path=str(path), params=dict(self.values),
+        from .loader import _display
+
+        return Program(name=root.name, title=root.title, path=_display(path), params=dict(self.values),
                        param_pos={k: p.pos for k, p in self.ns.params.items()},
                        boxes=self.boxes, blocks=self.blocks, layers=layers, model=model,
                        train=train, optimizers=optimizers,
-                       source_text=_safe_read(path), warnings=self.errors.warnings)
+                       source_text=_safe_read(path), warnings=self.errors.warnings,
+                       sources=self.loaded.sources, types=self.types, _keep=self._keep)
 
     # ------------------------------------------------------------------ params
     def _params(self) -> None:
@@ -176,21 +187,26 @@ class Resolver:
             except NestError as e:
                 self.errors.extend(e)
         state: dict[str, str] = {}
+        busy: list[str] = []  # the params being evaluated, outermost first
 
         def value(name: str, pos: Pos) -> Any:
             if name in self.values:
                 return self.values[name]
             if state.get(name) == "busy":
-                self.fail(pos, f"param `{name}` depends on itself",
+                cycle = busy[busy.index(name):] + [name]
+                self.fail(pos, f"param `{name}` depends on itself: " + " -> ".join(cycle),
                           hint="break the cycle: one of the params must be a plain value")
             if state.get(name) == "failed":
                 raise Fail()
             state[name] = "busy"
+            busy.append(name)
             try:
                 v = self._const(exprs[name], value, f"param `{name}`")
             except Fail:
                 state[name] = "failed"
                 raise
+            finally:
+                busy.pop()
             state[name] = "done"
             self.values[name] = v
             return v
@@ -209,8 +225,12 @@ class Resolver:
         if isinstance(e, ir.Name):
             if e.id in self.ns.params:
                 return lookup(e.id, e.pos)
+            quote_hint = None
+            if e.pos.file.startswith("--set "):  # `--set cms_unit=steps` meant the string
+                quote_hint = (f"a string needs double quotes: --set {e.pos.file[6:]}="
+                              f"'\"{e.id}\"'")
             self.fail(e.pos, f"unknown name `{e.id}` in {what}",
-                      hint=did_you_mean(e.id, self.ns.params) or
+                      hint=did_you_mean(e.id, self.ns.params) or quote_hint or
                       "a param's value may use numbers, strings, true/false and other params")
         if isinstance(e, ir.ListExpr):
             return [self._const(i, lookup, what) for i in e.items]
@@ -232,6 +252,11 @@ class Resolver:
             return self._arith(e.op, a, b, e)
         if isinstance(e, ir.Call):
             fn = FUNCTIONS.get(e.func)
+            if fn is None and not self._callable_name(e.func):
+                self.fail(e.pos, f"unknown function `{e.func}` in {what}",
+                          hint=did_you_mean(e.func, [n for n, f in FUNCTIONS.items()
+                                                     if "const" in f.scopes]) or
+                          "`nestc specs --functions` lists the built-in functions")
             if fn is None or "const" not in fn.scopes:
                 self.fail(e.pos, f"`{e.func}(...)` cannot be computed at compile time in {what}",
                           hint="params hold constants; functions allowed there: "
@@ -241,6 +266,16 @@ class Resolver:
                 self.fail(e.pos, f"`{e.func}` takes {len(fn.args)} argument(s): {fn.signature()}")
             return self._const_call(e, fn, args)
         self.fail(e.pos, f"cannot evaluate this in {what}")
+
+    def _callable_name(self, name: str) -> bool:
+        """Does `name(...)` mean something somewhere in the language (a function, a box, a block,
+        the state M or a property's constructor)?"""
+        if name in FUNCTIONS or name == "M" or name in self.ns.blocks or name in self.ns.boxes:
+            return True
+        if any(name in t for t in (STATE_FORMS, INIT_FORMS, RETENTION_FORMS, OPTIMIZER_FORMS)):
+            return True
+        return any(isinstance(st, ir.Box) and name in st.names
+                   for blk in self.ns.blocks.values() for st in blk.body)
 
     def _need_number(self, v: Any, pos: Pos, what: str) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -253,6 +288,22 @@ class Resolver:
             return a + b
         self._need_number(a, e.left.pos, f"`{op}`")
         self._need_number(b, e.right.pos, f"`{op}`")
+        if op == "**" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and \
+                b * math.log2(abs(a)) > 1024:  # decide before Python spends ages on the power
+            self.fail(e.pos, "this number is too large")
+        return self._finite(self._arith_raw(op, a, b, e), e.pos, f"`{op}`")
+
+    def _finite(self, v: Any, pos: Pos, what: str) -> Any:
+        """A compile-time result a spec can use: a real number of sensible size."""
+        if isinstance(v, complex):
+            self.fail(pos, f"{what} gives a complex number, not a real one",
+                      hint="a negative number to a fractional power is not a real number")
+        if isinstance(v, float) and not math.isfinite(v) or \
+                isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+            self.fail(pos, "this number is too large")
+        return v
+
+    def _arith_raw(self, op: str, a: Any, b: Any, e: ir.BinOp) -> Any:
         try:
             if op == "+":
                 return a + b
@@ -286,7 +337,7 @@ class Resolver:
                  "log": m.log, "sqrt": m.sqrt, "abs": abs,
                  "sign": lambda x: (x > 0) - (x < 0), "min": min, "max": max,
                  "clamp": lambda x, lo, hi: min(max(x, lo), hi), "int": int, "round": round}[fn.name]
-            return f(*args)
+            return self._finite(f(*args), e.pos, f"`{fn.name}`")
         except (ValueError, OverflowError) as err:
             self.fail(e.pos, f"`{fn.name}` of {args} is undefined ({err})")
 
@@ -344,13 +395,18 @@ class Resolver:
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 self.err(r.count.pos, f"`repeat` needs a positive whole number, got {n!r}")
                 continue
+            if len(layers) + n * len(r.blocks) > MAX_LAYERS:
+                self.err(r.count.pos, f"the model would have more than {MAX_LAYERS} layers",
+                         hint="nestc builds at most that many; use a smaller `repeat`")
+                continue
             for b in r.blocks:
                 if b not in self.ns.blocks:
                     self.err(r.pos, f"unknown block `{b}` in `repeat`",
                              hint=did_you_mean(b, self.ns.blocks) or "declare it with `block "
                              f"{b} {{ ... }}`")
             layers += [b for b in r.blocks if b in self.ns.blocks] * n
-        if not layers:
+        if not layers and not any(isinstance(r, ir.Repeat) for r in m.body):
+            # (a `repeat` that went wrong has said so already)
             self.err(m.pos, "the model has no layers", hint="add `repeat 4 { my_block }`")
         model["_layers"] = layers
         return model
@@ -471,7 +527,9 @@ class Resolver:
             u = ev.unit or ""
             if u not in UNITS and u in self.values and isinstance(self.values[u], str):
                 u = self.values[u]
-            if u not in UNITS:
+            if u not in UNITS and u in self.ns.params and u not in self.values:
+                pass  # a param whose value is wrong: reported there
+            elif u not in UNITS:
                 self.err(ev.pos, f"unknown unit `{u}` in `every`",
                          hint=did_you_mean(u, UNITS) or "units: tokens, steps")
             else:
@@ -627,7 +685,8 @@ class Resolver:
         return out
 
     def _box_body(self, info: BoxInfo, props: dict[str, list[ir.Prop]], outer: Env,
-                  lets: dict[str, Ty], let_refs: dict[str, set], in_width: int | None = None) -> None:
+                  lets: dict[str, Ty], let_refs: dict[str, set], in_width: int | None = None,
+                  in_reported: bool = False) -> None:
         """Type the box's contexts, generators, objective, retention, optimizer and update."""
         name = info.name
 
@@ -635,12 +694,20 @@ class Resolver:
             return props[pname][0] if pname in props else None
 
         step_level = info.freq.unit == "step" or info.kind == "weights"
-        gen_scope = "opt" if step_level else "gen"
+        # A memory of a block that learns across steps (CMS with `every N steps`) still reads the
+        # block's streams (`in`) and its own state (M(k)) like an in-context memory; only its
+        # defaults (init, reset) are those of the step level.
+        block_memory = info.block is not None and info.kind == "memory" and \
+            info.state.form in ("matrix", "mlp", "vector")
+        opt_scope = step_level and not block_memory
+        gen_scope = "opt" if opt_scope else "gen"
         names: dict[str, Ty] = dict(lets)
-        if not step_level:
+        if not opt_scope:
             names["x"] = stream(self.dim) if self.dim else Ty("stream", None)
             if in_width is not None:
                 names["in"] = stream(in_width)
+            elif in_reported:
+                names["in"] = Ty("error")  # "never read" is reported; uses of `in` fail silently
         base = outer.child(scope=gen_scope, names=names, box=info, heads=info.heads,
                            role="generator", refs=info.refs, let_refs=let_refs, stop=False,
                            on_read=None, allow_lss=False, what="")
@@ -697,7 +764,7 @@ class Resolver:
             # grad(W) records a generation edge itself; any other box named here is read for
             # its current state (optimizer level) or its output (in-context)
             env = base.child(what=f"context `{p.binding}` of box `{name}`",
-                             role="update" if step_level else "generator", allow_lss=True)
+                             role="update" if opt_scope else "generator", allow_lss=True)
             folded, ty = self._check_soft(p.value, env)
             if folded is not None:
                 info.contexts[p.binding] = folded
@@ -711,12 +778,13 @@ class Resolver:
             env = base.child(what=f"the {pname} of box `{name}`", allow_lss=pname == "values")
             folded, ty = self._check_soft(p.value, env)
             if folded is None:
+                inner_names[short] = Ty("error")  # reported; its uses fail silently
                 continue
             setattr(info, pname if pname != "query" else "query", folded)
-            self._check_generator_width(info, pname, ty, p.value.pos)
-            inner_names[short] = ty
+            ok = self._check_generator_width(info, pname, ty, p.value.pos)
+            inner_names[short] = ty if ok else Ty("error")
         # the inner level: objective, retention, optimizer, update
-        inner = base.child(scope="opt" if step_level else "inner", role="update",
+        inner = base.child(scope="opt" if opt_scope else "inner", role="update",
                            names={**names, **inner_names}, what="")
         upd, obj = one("update"), one("objective")
         opt_prop = one("optimizer")
@@ -757,8 +825,11 @@ class Resolver:
             if ns_opt and info.optimizer is not None:
                 # Newton-Schulz: an inner optimizer of the orthogonality objective (NL Eq. 43-44)
                 # starting from the box's values; its T iterations count toward its frequency.
-                steps = next((k.value.value for k in info.optimizer.kwargs if k.name == "steps"
-                              and isinstance(k.value, ir.Num)), 5)
+                steps_expr = next((k.value for k in info.optimizer.kwargs if k.name == "steps"), None)
+                try:
+                    steps = self._const(steps_expr, self._param_value, "`steps`") if steps_expr is not None else 5
+                except Fail:
+                    steps = 5
                 info.freq = Frequency(info.freq.unit, info.freq.period, int(steps))
                 if info.values is None:
                     self.err(opt_prop.pos, f"`optimizer newton_schulz` orthogonalises the box's "
@@ -771,27 +842,31 @@ class Resolver:
             self.err(info.pos, f"memory box `{name}` has an objective but no `keys`",
                      hint="add `keys EXPR`: what the memory maps from (NL Def. 1)")
 
-    def _check_generator_width(self, info: BoxInfo, pname: str, ty: Ty, pos: Pos) -> None:
+    def _check_generator_width(self, info: BoxInfo, pname: str, ty: Ty, pos: Pos) -> bool:
+        """Report a generator of the wrong width; True when it is fine."""
         if ty.space == "like" or ty.space == "const":
-            return
+            return True
         if ty.space != "stream" or ty.width is None:
             self.err(pos, f"the {pname} of box `{info.name}` must be a per-token stream, but it "
                      f"is {ty}")
-            return
+            return False
         h, st, w = info.heads, info.state, ty.width
         if pname in ("lr",):
             if w not in (1, h) and w != h * max(st.d_out, 1) and w != h * max(st.d_in, 1):
                 self.err(pos, f"the lr of box `{info.name}` has width {w}; it must be 1 (shared), "
                          f"{h} (one per head) or per channel",
                          hint=f"e.g. `sigmoid(linear(in, {h}))`")
-            return
+                return False
+            return True
         if st.form not in ("matrix", "mlp", "vector"):
-            return
+            return True
         need = {"keys": st.d_in, "query": st.d_in, "values": st.d_out}[pname]
         if w != h * need:
             self.err(pos, f"the {pname} of box `{info.name}` have width {w}, but its state needs "
                      f"{h} head(s) × {need} = {h * need}",
                      hint=f"project to width {h * need}, or change `heads` / the state's width")
+            return False
+        return True
 
     def _check_update_shape(self, info: BoxInfo, ty: Ty, pos: Pos) -> None:
         st = info.state
@@ -1022,14 +1097,17 @@ class Resolver:
         for n, h in headers.items():
             d, props = expanded[n]
             width = in_widths.get(n, (None,))[0]
+            in_reported = False
             if width is None and n not in in_widths and h.kind != "weights":
                 uses_in = any("in" in {x.id for x in ir.names_in(p.value)}
                               for plist in props.values() for p in plist)
                 if uses_in:
                     self.err(h.pos, f"box `{n}` uses `in`, but it is never read, so `in` has no value",
                              hint=f"read it in the block, e.g. `x = x + {n}(rmsnorm(x))`")
+                    in_reported = True
             env = Env(scope="gen", what="", boxes={**top.boxes, **headers})
-            self._box_body(h, props, env, lets=dict(lets), let_refs=let_refs, in_width=width)
+            self._box_body(h, props, env, lets=dict(lets), let_refs=let_refs, in_width=width,
+                           in_reported=in_reported)
         return info
 
     # ------------------------------------------------------------------ the expression checker
@@ -1040,6 +1118,14 @@ class Resolver:
             return None, Ty("error")
 
     def check(self, e: ir.Expr, env: Env) -> tuple[ir.Expr, Ty]:
+        """Type `e` in `env`; returns the folded expression and its type. The type of every
+        folded node is remembered (by identity) for the code generator, which sizes layers by it."""
+        folded, ty = self._check(e, env)
+        self.types[id(folded)] = ty
+        self._keep.append(folded)  # keep ids stable: the node must outlive the table
+        return folded, ty
+
+    def _check(self, e: ir.Expr, env: Env) -> tuple[ir.Expr, Ty]:
         if isinstance(e, ir.Num):
             return e, const(e.value)
         if isinstance(e, ir.Str):
@@ -1066,6 +1152,8 @@ class Resolver:
             self._tensor_or_const(ty, e.operand.pos, "`-`")
             if ty.space == "const":
                 self._need_number(ty.value, e.pos, "`-`")
+                if self.symbolic_params and not _is_literal(o):
+                    return e.model_copy(update={"operand": o}), const(-ty.value)
                 return _num(-ty.value, e.pos), const(-ty.value)
             return e.model_copy(update={"operand": o}), ty
         if isinstance(e, ir.BinOp):
@@ -1092,6 +1180,8 @@ class Resolver:
             v = self.values[n]
             if isinstance(v, list):
                 self.fail(e.pos, f"param `{n}` is a list; lists cannot be used in {env.what}")
+            if self.symbolic_params and not isinstance(v, (str, bool)):
+                return e, const(v)
             return _literal_pos(v, e.pos), const(v)
         if n == "M" and env.box is not None and env.scope in ("inner", "opt", "gen"):
             st = env.box.state
@@ -1130,6 +1220,14 @@ class Resolver:
             self.fail(e.pos, f"`{n}` is a function; call it: `{FUNCTIONS[n].signature()}`")
         if n in self.ns.blocks:
             self.fail(e.pos, f"`{n}` is a block; call it on a stream: `x = {n}(x)`")
+        if env.block_ctx is not None and env.block_ctx[0] in self.ns.blocks:
+            later = next((st for st in self.ns.blocks[env.block_ctx[0]].body
+                          if isinstance(st, ir.Let) and st.name == n
+                          and (st.pos.line, st.pos.col) > (e.pos.line, e.pos.col)), None)
+            if later is not None:
+                self.fail(e.pos, f"`{n}` is used before its `let` at line {later.pos.line}",
+                          hint="a block runs its statements in order: move the `let` above "
+                               "this statement")
         visible = list(env.names) + list(self.values) + list(env.boxes)
         if env.box is not None:
             visible += ["M"] + (["step"] if env.scope in ("inner", "opt") else [])
@@ -1168,6 +1266,8 @@ class Resolver:
         self._tensor_or_const(rt, e.right.pos, f"`{e.op}`")
         if lt.space == "const" and rt.space == "const":
             v = self._arith(e.op, lt.value, rt.value, e)
+            if self.symbolic_params and not (_is_literal(l) and _is_literal(r)):
+                return e.model_copy(update={"left": l, "right": r}), const(v)
             return _literal_pos(v, e.pos), const(v)
         ty = self._join(lt, rt, env, e.pos, f"`{e.op}`")
         return e.model_copy(update={"left": l, "right": r}), ty
@@ -1281,6 +1381,8 @@ class Resolver:
         b = env.boxes[name]
         if b.kind == "weights":
             self.fail(e.pos, f"`{name}` is the weights box; it is not read like a memory")
+        if b.kind == "memory" and b.state.form == "none":
+            raise Fail()  # its missing or wrong `state` is already reported
         if b.freq.unit == "step" and b.state.form == "like":
             self.fail(e.pos, f"`{name}` is optimizer state; it is not read in a block")
         kw = {k.name: k.value for k in e.kwargs}
@@ -1433,7 +1535,7 @@ class Resolver:
                 return None
             overrides[kw.name] = expr_str(_literal_pos(v, kw.pos))
         sub_errors = Collector(self.loaded.sources)
-        sub = Resolver(sub_loaded, overrides, sub_errors)
+        sub = Resolver(sub_loaded, overrides, sub_errors, symbolic_params=True)
         try:
             prog = sub.run()
         except NestError as err:
@@ -1464,6 +1566,12 @@ SETTING_WORDS = {"norm": ("rmsnorm", "layernorm", "none"), "schedule": ("constan
 
 WORD_NAMES = set(WORDS["act"]) | set(WORDS["mode"]) | {"all", "matrices", "vectors", "rest",
                                                         "muon", "bfloat16", "float32", "none"}
+
+
+def _is_literal(e: ir.Expr) -> bool:
+    if isinstance(e, (ir.Num, ir.Str, ir.Bool)):
+        return True
+    return isinstance(e, ir.UnaryOp) and e.op == "-" and isinstance(e.operand, ir.Num)
 
 
 def _keeps_everything(e: ir.Expr) -> bool:
@@ -1545,6 +1653,8 @@ def _elementwise(r: Resolver, e: ir.Call, fn: Fn, args: dict, env: Env):
         tys.append(ty)
     if all(t.space == "const" for t in tys):
         v = r._const_call(e, fn, [t.value for t in tys])
+        if r.symbolic_params and not all(_is_literal(a) for a in folded):
+            return e.model_copy(update={"args": tuple(folded), "kwargs": ()}), const(v)
         return _literal_pos(v, e.pos), const(v)
     ty = tys[0]
     for t, a in zip(tys[1:], fn.args[1:]):

@@ -41,8 +41,9 @@ from typing import Any, Callable
 import yaml
 
 from . import ir
-from .diagnostics import Collector, Diagnostic, NestError, Pos, SourceMap, did_you_mean
-from .parser import parse_expr
+from .diagnostics import (Collector, Diagnostic, NestError, Pos, SourceMap, did_you_mean,
+                          source_lines)
+from .parser import is_name, keywords, parse_expr
 from .printer import expr_str
 from .props import BOX_PROPS, MODEL_PROPS, TRAIN_PROPS, canonical_order
 
@@ -95,11 +96,19 @@ class _Loader:
         s = self.scalar(node, what)
         if s is None:
             return None
-        if not s.isidentifier():
-            self.errors.error(self.pos(node), f"{what} must be a name (letters, digits and `_`), "
-                              f"got `{s}`")
-            return None
-        return s
+        return s if self.check_name(s, node, what) else None
+
+    def check_name(self, s: str, node: yaml.Node, what: str) -> bool:
+        """Names are the .nest language's names, so that every YAML spec converts to .nest."""
+        if s in keywords():
+            self.errors.error(self.pos(node), f"{what}: `{s}` is a reserved word and cannot be "
+                              "used as a name", hint=f"choose another name, like `{s}_`")
+            return False
+        if not is_name(s):
+            self.errors.error(self.pos(node), f"{what} must be a name: ASCII letters, digits and "
+                              f"`_`, not starting with a digit; got `{s}`")
+            return False
+        return True
 
     def expr(self, node: yaml.Node, what: str) -> ir.Expr | None:
         s = self.scalar(node, what)
@@ -124,20 +133,27 @@ class _Loader:
     def docs(self, node: yaml.Node | None, what: str) -> tuple[str, ...]:
         if node is None:
             return ()
-        if isinstance(node, yaml.ScalarNode):
-            return tuple(node.value.split("\n")) if node.value else ()
+        if isinstance(node, yaml.ScalarNode):  # (trailing blanks dropped, as in .nest comments)
+            return tuple(ln.rstrip() for ln in node.value.split("\n")) if node.value else ()
         if isinstance(node, yaml.SequenceNode):
-            out = []
+            out: list[str] = []
             for item in node.value:
                 s = self.scalar(item, f"a line of {what}")
                 if s is not None:
-                    out.append(s)
+                    out.extend(ln.rstrip() for ln in s.split("\n"))  # one comment line each
             return tuple(out)
         self.errors.error(self.pos(node), f"{what} must be a string or a list of lines")
         return ()
 
     def note(self, node: yaml.Node | None, what: str) -> str | None:
-        return None if node is None else self.scalar(node, what)
+        if node is None:
+            return None
+        s = self.scalar(node, what)
+        if s is not None and "\n" in s:
+            self.errors.error(self.pos(node), f"{what} is one line (a comment at the end of a "
+                              "line in .nest)", hint="put longer text in `doc:`")
+            return None
+        return s.rstrip() if s is not None else None
 
     def unknown(self, key: str, knode: yaml.Node, allowed, what: str) -> None:
         self.errors.error(self.pos(knode), f"unknown key `{key}` in {what}",
@@ -217,8 +233,7 @@ class _Loader:
     def params(self, node: yaml.Node) -> tuple[ir.Param, ...]:
         out = []
         for key, knode, vnode in self.mapping(node, "`params`") or []:
-            if not key.isidentifier():
-                self.errors.error(self.pos(knode), f"param name `{key}` is not a name")
+            if not self.check_name(key, knode, "a param"):
                 continue
             vnode, doc, note = self.documented_value(vnode, f"param `{key}`")
             value = self.expr(vnode, f"param `{key}`") if vnode is not None else None
@@ -230,6 +245,8 @@ class _Loader:
         if key == "context":
             props = []
             for bname, bk, bv in self.mapping(vnode, f"`context` of {what}") or []:
+                if not self.check_name(bname, bk, f"a context name of {what}"):
+                    continue
                 bv, doc, note = self.documented_value(bv, f"context `{bname}` of {what}")
                 value = self.expr(bv, f"context `{bname}` of {what}") if bv is not None else None
                 if value is not None:
@@ -247,6 +264,8 @@ class _Loader:
             if not count.strip():
                 self.errors.error(self.pos(vnode), f"`every` of {what} needs a count and a unit",
                                   hint="write `every: 64 tokens` or `every: 1 step`")
+                return []
+            if not self.check_name(unit, vnode, f"the unit of `every` of {what}"):
                 return []
             line, col = vnode.start_mark.line + 1, vnode.start_mark.column + 1
             try:
@@ -426,6 +445,8 @@ class _Loader:
             args = []
             if "args" in d:
                 for k, kn, v in self.mapping(d["args"][1], "`args`") or []:
+                    if not self.check_name(k, kn, "an optimizer argument"):
+                        continue
                     value = self.expr(v, f"optimizer argument `{k}`")
                     if value is not None:
                         args.append(ir.KwArg(name=k, value=value, pos=self.pos(kn)))
@@ -440,8 +461,8 @@ class _Loader:
 
 def parse_yaml(text: str, file: str = "<input>", sources: SourceMap | None = None) -> ir.Spec:
     if sources is not None:
-        sources.add(file, text)
-    lines = text.splitlines()
+        sources.add(file, text, yaml=True)
+    lines = source_lines(text, yaml=True)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as err:
@@ -451,6 +472,13 @@ def parse_yaml(text: str, file: str = "<input>", sources: SourceMap | None = Non
                                     Pos(file=file, line=line, col=(mark.column + 1) if mark else 0),
                                     hint="check the indentation and that `key: value` pairs use "
                                          "a space after the colon",
+                                    source_line=lines[line - 1] if 0 < line <= len(lines) else None)]) from None
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow (no mark)
+        before = source_lines(text[: err.position] + "|", yaml=True)
+        line, col = len(before), len(before[-1])
+        raise NestError([Diagnostic(f"this is not valid YAML: the character U+{err.character:04X} "
+                                    "is not allowed in a YAML file",
+                                    Pos(file=file, line=line, col=col), hint="remove it",
                                     source_line=lines[line - 1] if 0 < line <= len(lines) else None)]) from None
     errors = Collector(sources)
     if root is None:
@@ -487,9 +515,14 @@ def _doc(lines: tuple[str, ...]) -> Any:
     return lines[0] if len(lines) == 1 else list(lines)
 
 
+def _yaml_keeps(v: float | int) -> bool:
+    """Does YAML write this number back as its repr? (PyYAML writes 1e-05 as 1.0e-05.)"""
+    return isinstance(v, int) or "e" not in repr(v) or "." in repr(v)
+
+
 def _e(e: ir.Expr) -> Any:
     """An expression as a YAML scalar: numbers and booleans stay numbers and booleans."""
-    if isinstance(e, ir.Num) and e.text == repr(e.value):
+    if isinstance(e, ir.Num) and e.text == repr(e.value) and _yaml_keeps(e.value):
         return e.value
     if isinstance(e, ir.Bool):
         return e.value

@@ -1,0 +1,573 @@
+"""One block of a spec -> one nn.Module class with a readable forward().
+
+Scheduling. A block's statements run in order, except where boxes and statements depend on one
+another through time: Hope's memories produce the keys they all learn from (k = M_k(h) and M_k
+learns from k). Such a cycle is a strongly connected component of the dataflow between
+statements and box states; it runs as one chunk loop at the smallest chunk size in it, each box
+read at its committed (chunk-start) state and updated at the end of each piece. Everything else
+is computed over the whole stretch of tokens at once, and a box outside any loop processes the
+whole stretch in one call (its own chunking happens inside the runtime).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from .. import ir
+from ..diagnostics import NestError
+from ..lower import BoxPlan
+from ..printer import expr_str
+from ..program import BlockInfo, BoxInfo, Program, Statement
+from .boxes import BoxRef, constructor, header_comment
+from .exprs import ExprEmitter, one_line_src
+from .names import Sites, class_name, one_line, py_name
+
+BOX_FIELDS = ("keys", "values", "query", "lr", "objective", "retention", "optimizer", "update")
+INNER_NAMES = {"k", "v", "q", "lr", "M", "step", "lss", "in"}
+
+
+@dataclass
+class Unit:
+    """A piece of the schedule: one statement, or a loop over a group of statements and boxes."""
+
+    stmts: list[int]
+    boxes: list[str] = field(default_factory=list)
+    period: int = 0  # > 0 for a loop
+
+
+class BlockGen:
+    def __init__(self, program: Program, block: BlockInfo, plans: dict[str, BoxPlan],
+                 classes: dict[str, str]):
+        self.p = program
+        self.block = block
+        self.plans = plans
+        self.classes = classes  # qualname of a block -> its class name
+        self.sites = Sites()
+        self.inits: list[str] = []
+        self.body: list[str] = []
+        self.state_lines: list[str] = []
+        self.lss_sites: list[tuple[str, int]] = []
+        self.helpers: list[str] = []  # methods (objective gradients)
+        self.refs: dict[str, BoxRef] = {}
+        self.subs: dict[str, str] = {}  # block name -> attribute
+        self.uses_x_in = False
+        self.ind = "        "
+        self.site_cache: dict = {}
+        self.stream_counts: dict = {}
+        self._emitters: list[ExprEmitter] = []
+        for q in block.boxes:
+            b = program.boxes[q]
+            attr = self.sites.new(f"box_{b.name}")
+            self.refs[b.name] = BoxRef(b, plans[q], attr, attr)
+
+    # ----------------------------------------------------------------------------- analysis
+    def _names(self, e: ir.Expr | None) -> set[str]:
+        if e is None:
+            return set()
+        return {n.id for n in ir.names_in(e)}
+
+    def _box_reads(self, e: ir.Expr) -> list[tuple[ir.Call, str]]:
+        out = []
+        for c in ir.calls_in(e):
+            if c.func in self.refs:
+                out.append((c, c.func))
+            elif c.func in ("read_before", "read_after") and isinstance(c.args[0], ir.Name):
+                out.append((c, c.args[0].id))
+        return out
+
+    def _box_exprs(self, b: BoxInfo) -> list[ir.Expr]:
+        exprs = [getattr(b, f) for f in BOX_FIELDS] + list(b.contexts.values())
+        return [e for e in exprs if e is not None]
+
+    def schedule(self) -> list[Unit]:
+        stmts: list[Statement] = self.block.statements
+        g = nx.DiGraph()
+        defs: dict[str, int] = {}
+        last_x: int | None = None
+        reads: dict[str, list[int]] = {n: [] for n in self.refs}
+        read_args: dict[str, list[ir.Expr]] = {n: [] for n in self.refs}
+        for i, st in enumerate(stmts):
+            g.add_node(("s", i))
+            for name in self._names(st.value):
+                if name == "x" and last_x is not None:
+                    g.add_edge(("s", last_x), ("s", i))
+                elif name in defs:
+                    g.add_edge(("s", defs[name]), ("s", i))
+            for call, box in self._box_reads(st.value):
+                g.add_edge(("b", box), ("s", i))
+                reads[box].append(i)
+                read_args[box].append(call.args[-1])
+            if st.is_let:
+                defs[st.target] = i
+            else:
+                last_x = i
+        for name, ref in self.refs.items():
+            g.add_node(("b", name))
+            b = ref.info
+            used: set[str] = set()
+            for e in self._box_exprs(b):
+                used |= self._names(e)
+            if "in" in used - {"query"}:
+                for arg in read_args[name]:
+                    used |= self._names(arg)
+            for n in used:
+                if n in defs:
+                    g.add_edge(("s", defs[n]), ("b", name))
+        # components with a box inside a cycle run as chunk loops
+        loops: list[set] = []
+        for comp in nx.strongly_connected_components(g):
+            if len(comp) > 1 and any(k == "b" for k, _ in comp):
+                loops.append(set(comp))
+        for name, idx in reads.items():  # a box read at two places shares one state sequence
+            if len(idx) > 1 and not any(("b", name) in c for c in loops):
+                loops.append({("b", name)} | {("s", i) for i in idx})
+        changed = True
+        while changed:  # close the groups: boxes read inside, and readers of their boxes
+            changed = False
+            for comp in loops:
+                for kind, v in list(comp):
+                    if kind == "s":
+                        for _, box in self._box_reads(stmts[v].value):
+                            if ("b", box) not in comp:
+                                comp.add(("b", box))
+                                changed = True
+                    else:
+                        for i in reads[v]:
+                            if ("s", i) not in comp:
+                                comp.add(("s", i))
+                                changed = True
+        merged: list[set] = []
+        for comp in loops:
+            for m in merged:
+                if m & comp:
+                    m |= comp
+                    break
+            else:
+                merged.append(set(comp))
+        owner = {}
+        for gi, comp in enumerate(merged):
+            for node in comp:
+                owner[node] = gi
+        cond = nx.DiGraph()
+        unit_of = {}
+        for node in g.nodes:
+            unit_of[node] = ("g", owner[node]) if node in owner else node
+            cond.add_node(unit_of[node])
+        for a, b in g.edges:
+            if unit_of[a] != unit_of[b]:
+                cond.add_edge(unit_of[a], unit_of[b])
+        if not nx.is_directed_acyclic_graph(cond):
+            raise NestError.at(self.block.pos, f"block `{self.block.name}`: the statements and boxes "
+                               "cannot be put in an order that respects their data flow",
+                               hint="a statement reads a box whose loop needs that statement's result")
+
+        def first(u) -> int:
+            if u[0] == "g":
+                return min(i for k, i in merged[u[1]] if k == "s") if any(k == "s" for k, _ in merged[u[1]]) else -1
+            if u[0] == "s":
+                return u[1]
+            return min(reads[u[1]], default=len(stmts))
+
+        order = list(nx.lexicographical_topological_sort(cond, key=lambda u: (first(u), str(u))))
+        units: list[Unit] = []
+        for u in order:
+            if u[0] == "s":
+                units.append(Unit([u[1]]))
+            elif u[0] == "g":
+                comp = merged[u[1]]
+                boxes = sorted(v for k, v in comp if k == "b")
+                periods = [self.refs[n].info.freq.period for n in boxes
+                           if self.refs[n].info.kind != "attention"]
+                units.append(Unit(sorted(i for k, i in comp if k == "s"), boxes, min(periods)))
+        return units
+
+    # ----------------------------------------------------------------------------- emission
+    def line(self, text: str) -> None:
+        self.body.append(self.ind + text)
+
+    def comment(self, text: str) -> None:
+        self.line("# " + one_line(text))
+
+    def emitter(self, names: dict[str, str], where: str, in_loop: bool, hoist_reads: bool = True):
+        em = ExprEmitter(self.p, self.sites, self.inits, names, "block", where=where,
+                         cache=self.site_cache, streams=self.stream_counts)
+        em.call_hook = lambda c: self._hook(c, em, names, in_loop)
+        self._emitters.append(em)
+        return em
+
+    def _hook(self, c: ir.Call, em: ExprEmitter, names: dict[str, str], in_loop: bool) -> str | None:
+        box = None
+        if c.func in self.refs:
+            box = c.func
+        elif c.func in ("read_before", "read_after") and c.args and isinstance(c.args[0], ir.Name):
+            box = c.args[0].id
+        if box is not None:
+            return self._read(box, c, em, names, in_loop)
+        if c.func in self.p.blocks or any(q.endswith("." + c.func) for q in self.p.blocks):
+            return self._block_call(c, em)
+        return None
+
+    def _block_call(self, c: ir.Call, em: ExprEmitter) -> str:
+        qual = f"{self.block.name}.{c.func}"
+        if qual not in self.classes:
+            raise NestError.at(c.pos, f"block `{c.func}` was not generated")
+        attr = self.subs.get(qual)
+        if attr is None:
+            attr = self.sites.new(c.func)
+            self.subs[qual] = attr
+            self.inits.append(f"self.{attr} = {self.classes[qual]}()  # {one_line_src(c)}")
+        arg = em.emit(c.args[0])
+        out = f"{attr}_out"
+        self.line(f"{out}, state[{attr!r}] = self.{attr}({arg}, state[{attr!r}], ctx)")
+        return out
+
+    # -- box reads --
+    def _read(self, name: str, c: ir.Call, em: ExprEmitter, names: dict[str, str], in_loop: bool) -> str:
+        ref = self.refs[name]
+        b = ref.info
+        arg_expr = c.args[-1]
+        arg = em.emit(arg_expr)
+        in_width = self.p.type_of(arg_expr).width
+        if not hasattr(ref, "ctor"):
+            ref.ctor = constructor(b, ref.plan, in_width)  # type: ignore[attr-defined]
+            self.inits.append(f"# {header_comment(b, ref.plan)}")
+            self.inits.append(f"self.{ref.attr} = {ref.ctor}")
+            self.state_lines.append(f"{ref.state_key!r}: self.{ref.attr}.initial_state(batch)")
+        in_var = self._tmp(f"{name}_in", arg)
+        if b.kind == "attention":
+            prefix = next((k.value for k in c.kwargs if k.name == "prefix"), None)
+            pre = f", prefix={em.emit(prefix)}" if prefix is not None else ""
+            out = f"{name}_out"
+            self.line(f"{out}, state[{ref.state_key!r}] = self.{ref.attr}({in_var}, state[{ref.state_key!r}]{pre})")
+            return out
+        if in_loop:
+            q = self._query(ref, names, in_var)
+            out = f"{name}_out"
+            self.line(f"{out} = R.merge_heads(self.{ref.attr}.read(state[{ref.state_key!r}], {q}))")
+            ref.loop_in = in_var  # type: ignore[attr-defined]
+            return out
+        if getattr(ref, "processed", False):
+            raise NestError.at(c.pos, f"box `{name}` is read twice outside a chunk loop")
+        ref.processed = True  # type: ignore[attr-defined]
+        return self._process(ref, names, in_var)
+
+    def _tmp(self, base: str, value: str) -> str:
+        if value.isidentifier():
+            return value
+        var = py_name(base)
+        self.line(f"{var} = {value}")
+        return var
+
+    def _gen_names(self, ref: BoxRef, names: dict[str, str], in_var: str | None) -> dict[str, str]:
+        gen = dict(names)
+        if in_var is not None:
+            gen["in"] = in_var
+        gen["x"] = "x_in"
+        return gen
+
+    def _query(self, ref: BoxRef, names, in_var) -> str:
+        b = ref.info
+        if b.query is None:
+            return f"R.heads({in_var}, {b.heads})"
+        em = self.emitter(self._gen_names(ref, names, in_var), f"{b.name}_query", False)
+        return f"R.heads({em.emit(b.query)}, {b.heads})"
+
+    def _generators(self, ref: BoxRef, names: dict[str, str], in_var: str | None,
+                    with_query: bool = True) -> dict[str, str]:
+        """Compute the box's generator streams; returns Python names for keys/values/lr/...."""
+        b, plan = ref.info, ref.plan
+        gen = self._gen_names(ref, names, in_var)
+        if "x" in {n for e in self._box_exprs(b) for n in self._names(e)}:
+            self.uses_x_in = True
+        out: dict[str, str] = {}
+
+        def stream(field: str, e: ir.Expr) -> str:
+            em = self.emitter(gen, f"{b.name}_{field}", False)
+            return self._tmp(f"{b.name}_{field}", em.emit(e))
+
+        for field, short in (("keys", "k"), ("query", "q"), ("lr", "lr")):
+            e = getattr(b, field)
+            if field == "query" and not with_query:
+                continue
+            if e is not None:
+                out[short] = stream(field, e)
+                gen[short] = out[short]
+        if b.values is not None and not _mentions_m(b.values) and not _mentions_lss(b.values):
+            out["v"] = stream("values", b.values)
+            gen["v"] = out["v"]
+        for name, e in b.contexts.items():
+            if not _mentions_lss(e):
+                out[f"ctx_{name}"] = stream(f"context_{name}", e)
+                gen[name] = out[f"ctx_{name}"]
+        if plan.retention is not None and plan.retention.kind == "gate":
+            out["gate"] = stream("gate", plan.retention.factor)
+        if plan.optimizer is not None and plan.optimizer.kind == "momentum":
+            beta = plan.optimizer.args.get("beta")
+            if beta is not None:
+                out["beta"] = stream("beta", beta)
+        if plan.optimizer is not None and plan.optimizer.kind == "dgd":
+            mom = plan.optimizer.args.get("momentum")
+            if mom is not None and not (isinstance(mom, ir.Num) and mom.value == 0):
+                out["beta"] = stream("beta", mom)
+        ref.gen = gen  # type: ignore[attr-defined]
+        return out
+
+    def _per_token(self, var: str | None, heads: int) -> str:
+        return "1.0" if var is None else f"R.per_head({var}, {heads})"
+
+    def _process(self, ref: BoxRef, names: dict[str, str], in_var: str | None, loop_update: bool = False) -> str:
+        b, plan = ref.info, ref.plan
+        h = b.heads
+        if not loop_update:
+            self.comment(f"box {b.name} ({b.pos.file}:{b.pos.line}): {plan.rule}")
+        g = self._generators(ref, names, in_var, with_query=not loop_update)
+        k = f"R.heads({g['k']}, {h})" if "k" in g else None
+        if loop_update:
+            q = "None"
+        elif b.query is not None:
+            q = f"R.heads({g['q']}, {h})"
+        else:
+            q = f"R.heads({in_var}, {h})"
+        lr = self._per_token(g.get("lr"), h)
+        gate = f"R.per_head({g['gate']}, {h})" if "gate" in g else "None"
+        beta = f"R.per_head({g['beta']}, {h})" if "beta" in g else "None"
+        key = ref.state_key
+        out = f"{b.name}_out"
+        flush = "False" if loop_update else "ctx.flush"
+        if plan.rule in ("delta_rule_chunked", "linear_attn_chunked"):
+            target = self._target_stream(ref)
+            self.line(f"{out}, state[{key!r}] = self.{ref.attr}(state[{key!r}], query={q}, keys={k}, "
+                      f"values={target}, lr={lr}, gate={gate})")
+        elif plan.rule in ("deep_memory_chunked", "cms_steps"):
+            target = self._target(ref)
+            grad = self._out_grad(ref)
+            call = (f"self.{ref.attr}(state[{key!r}], keys={k}, target={target}, lr={lr}, gate={gate}, "
+                    f"beta={beta}, query={q}, out_grad={grad}, flush={flush})")
+            if plan.lss:
+                self.lss_sites.append((b.qualname, b.heads * b.state.d_out))
+                self.line("if ctx.probing:  # first pass: the initial state; the probe's gradient is the signal")
+                self.line(f"    {out} = self.{ref.attr}.apply_initial({q}) + "
+                          f"R.heads(ctx.signal({b.qualname!r}), {h})")
+                self.line("else:")
+                self.line(f"    {out}, state[{key!r}] = {call}")
+            else:
+                self.line(f"{out}, state[{key!r}] = {call}")
+        elif plan.rule == "memory_general":
+            self._general(ref, g, q, lr, gate, beta, out, flush)
+        else:
+            raise NestError.at(b.pos, f"box `{b.name}`: rule {plan.rule} cannot be generated here")
+        if loop_update:
+            return out
+        self.line(f"{out} = R.merge_heads({out})")
+        return out
+
+    def _target_stream(self, ref: BoxRef) -> str:
+        b, plan = ref.info, ref.plan
+        t = plan.objective.target
+        if isinstance(t, ir.Name) and t.id == "v":
+            return f"R.heads({ref.gen['v']}, {b.heads})"
+        em = self.emitter(ref.gen, f"{b.name}_target", False)
+        return f"R.heads({self._tmp(f'{b.name}_target', em.emit(t))}, {b.heads})"
+
+    def _target(self, ref: BoxRef) -> str:
+        """What the box regresses onto: a stream, the local surprise signal, or -- for
+        self-generated values (NL Eq. 84) -- a function of the committed weights."""
+        b, plan = ref.info, ref.plan
+        obj = plan.objective
+        target = obj.target if obj is not None and obj.kind != "expr" else ir.Name(id="v")
+        values_m = b.values is not None and _mentions_m(b.values)
+        values_lss = b.values is not None and _mentions_lss(b.values)
+        if isinstance(target, ir.Name) and target.id == "v":
+            if values_lss:
+                return f"R.heads(ctx.signal({b.qualname!r}), {b.heads})"
+            if values_m:
+                fn = f"{b.name}_target"
+                hnames = {n: f"R.heads({v}, {b.heads})[:, :, s:e]" for n, v in ref.gen.items()}
+                em = ExprEmitter(self.p, self.sites, self.inits, hnames, "heads", where=fn)
+                em.call_hook = lambda c: (f"self.{ref.attr}.apply(W, {em.emit(c.args[0])})"
+                                          if c.func == "M" else None)
+                self.line(f"def {fn}(W, s, e):  # self-generated values at the chunk-start state (NL Eq. 84)")
+                self.line(f"    return {em.emit(b.values)}")
+                return fn
+            if b.values is None:
+                raise NestError.at(b.pos, f"box `{b.name}` regresses onto `v` but has no `values`")
+        if _mentions_m(target):
+            raise NestError.at(b.pos, f"box `{b.name}`: its objective's target depends on M; "
+                               "write that dependence in `values` (self-generated values)")
+        return self._target_stream(ref)
+
+    def _out_grad(self, ref: BoxRef) -> str:
+        """d objective / d prediction, in closed form or by torch.func."""
+        b, plan = ref.info, ref.plan
+        obj = plan.objective
+        fn = f"{b.name}_grad"
+        src = one_line(expr_str(b.objective)) if b.objective is not None else ""
+        hnames = {n: f"R.heads({v}, {b.heads})[:, :, s:e]" for n, v in ref.gen.items()}
+        sc = obj.scale
+        if obj.kind == "l2":
+            body = f"{2.0 * sc!r} * (p - t)"
+        elif obj.kind == "dot":
+            body = f"({sc!r} * t).expand_as(p)"
+        elif obj.kind in ("lp", "huber"):
+            em = ExprEmitter(self.p, self.sites, self.inits, hnames, "heads", where=fn)
+            extra = em.emit(obj.extra)
+            if obj.kind == "lp":
+                body = f"{sc * 1.0!r} * {extra} * torch.sign(p - t) * (p - t).abs() ** ({extra} - 1)"
+            else:
+                body = f"{sc!r} * torch.clamp(p - t, -{extra}, {extra})"
+        else:  # any differentiable objective of M(k): torch.func on the prediction
+            names = dict(hnames)
+            names["v"] = "t"
+            em = ExprEmitter(self.p, self.sites, self.inits, names, "heads", where=fn)
+            em.call_hook = lambda c: "p_" if c.func == "M" else None
+            body = f"torch.func.grad(lambda p_: ({em.emit(b.objective)}).sum())(p)"
+        self.line(f"def {fn}(p, t, s, e):  # d/dM(k) of: {src}")
+        self.line(f"    return {body}")
+        return fn
+
+    def _general(self, ref, g, q, lr, gate, beta, out, flush) -> None:
+        b, plan = ref.info, ref.plan
+        h = b.heads
+        gen = ref.gen
+        hnames = {n: f"R.heads({v}, {h})[:, :, s:e]" for n, v in gen.items()}
+        if b.values is not None and _mentions_m(b.values):
+            raise NestError.at(b.pos, f"box `{b.name}`: self-generated values with this objective, "
+                               "retention or optimizer are not supported yet",
+                               hint="use an objective of M(k) with gd, momentum or dgd")
+        if b.values is not None and _mentions_lss(b.values):
+            raise NestError.at(b.pos, f"box `{b.name}`: `lss` values need the dot-product objective "
+                               "and gd (one backprop step)")
+        loss = f"{b.name}_loss"
+        if b.objective is not None:
+            em = ExprEmitter(self.p, self.sites, self.inits, hnames, "heads", where=loss)
+            em.call_hook = lambda c: (f"self.{ref.attr}.apply(W, {em.emit(c.args[0])})" if c.func == "M" else None)
+            em.names = dict(hnames, M="W[0]")
+            self.line(f"def {loss}(W, s, e):  # {one_line(expr_str(b.objective))}")
+            self.line(f"    return ({em.emit(b.objective)}).sum()")
+        else:
+            loss = "None"
+        upd = "None"
+        if b.update is not None:
+            tn = {n: f"R.heads({v}, {h})[:, :, t:t + 1]" for n, v in gen.items()}
+            em = ExprEmitter(self.p, self.sites, self.inits, dict(tn, M="W[0]"), "heads", where=f"{b.name}_update")
+            self.line(f"def {b.name}_update(W, t):  # {one_line(expr_str(b.update))}")
+            self.line(f"    return [{em.emit(b.update)}]")
+            upd = f"{b.name}_update"
+        retain = "None"
+        if plan.retention is not None and plan.retention.kind == "general":
+            tn = {n: f"R.heads({v}, {h})[:, :, t:t + 1]" for n, v in gen.items()}
+            em = ExprEmitter(self.p, self.sites, self.inits, dict(tn, M="m"), "heads", where=f"{b.name}_retain")
+            self.line(f"def {b.name}_retain(Ms, t):  # {one_line(expr_str(b.retention))}")
+            self.line(f"    return [{em.emit(b.retention)} for m in Ms]")
+            retain = f"{b.name}_retain"
+        inputs = "None"
+        if plan.optimizer is not None and plan.optimizer.kind == "dgd":
+            kv = f"R.heads({g['k']}, {h})" if "k" in g else None
+            self.line(f"def {b.name}_inputs(W, t):  # each layer's input at the committed state")
+            self.line(f"    return [a for a, _ in mem.mlp_layer_grads(self.{ref.attr}.s.shape, W, "
+                      f"{kv}[:, :, t:t + 1], torch.zeros_like)[1]]")
+            inputs = f"{b.name}_inputs"
+        length = f"R.heads({g['k']}, {h}).shape[2]" if "k" in g else "x.shape[1]"
+        self.line(f"{out}, state[{ref.state_key!r}] = self.{ref.attr}(state[{ref.state_key!r}], "
+                  f"length={length}, loss={loss}, lr={lr}, gate={gate}, beta={beta}, retain={retain}, "
+                  f"update={upd}, query={q}, flush={flush}, layer_inputs={inputs})")
+
+    # -- statements --
+    def statement(self, st: Statement, names: dict[str, str], in_loop: bool) -> None:
+        self.line(f"# {st.pos.file}:{st.pos.line}  "
+                  + one_line(("let " if st.is_let else "") + f"{st.target} = {expr_str(st.value)}"))
+        em = self.emitter(names, py_name(st.target) if st.is_let else "x", in_loop)
+        value = em.emit(st.value)
+        target = py_name(st.target) if st.is_let else "x"
+        self.line(f"{target} = {value}")
+        names[st.target] = target
+
+    def _conv_state(self, key: str) -> None:
+        line = f"{key!r}: None"
+        if line not in self.state_lines:
+            self.state_lines.append(line)
+
+    def loop(self, unit: Unit, names: dict[str, str]) -> None:
+        stmts = [self.block.statements[i] for i in unit.stmts]
+        boxes = [self.refs[n] for n in unit.boxes]
+        self.comment(f"boxes {', '.join(r.info.name for r in boxes)} depend on one another through "
+                     f"time: they run together, {unit.period} token(s) at a time, each read at its "
+                     "chunk-start state")
+        outs = [py_name(s.target) if s.is_let else "x" for s in stmts]
+        outs = list(dict.fromkeys(outs))
+        # the loop's pieces follow the chunks of its fastest memory (attention keeps no chunk)
+        memories = [r for r in boxes if r.info.kind != "attention"]
+        anchor = min(memories, key=lambda r: r.info.freq.period)
+        self.line(f"{'_parts, '.join(outs)}_parts = " + ", ".join("[]" for _ in outs))
+        self.line(f"for s, e in R.segment_bounds(x.shape[1], {unit.period}, "
+                  f"state[{anchor.state_key!r}]['offset']):")
+        outer_ind = self.ind
+        self.ind += "    "
+        inner = {k: (f"{v}[:, s:e]" if v.isidentifier() else v) for k, v in names.items()}
+        for st in stmts:
+            self.statement(st, inner, in_loop=True)
+        for ref in boxes:
+            if ref.info.kind == "attention":
+                continue  # its read already advanced its cache
+            in_var = getattr(ref, "loop_in", None)
+            self._process(ref, inner, in_var, loop_update=True)
+        for o in outs:
+            self.line(f"{o}_parts.append({o})")
+        self.ind = outer_ind
+        for o in outs:
+            self.line(f"{o} = torch.cat({o}_parts, dim=1)")
+        for st in stmts:
+            names[st.target] = py_name(st.target) if st.is_let else "x"
+
+    # -- the class --
+    def generate(self) -> str:
+        units = self.schedule()
+        names: dict[str, str] = {"x": "x"}
+        for u in units:
+            if u.period:
+                self.loop(u, names)
+            else:
+                self.statement(self.block.statements[u.stmts[0]], names, in_loop=False)
+        for ref in self.refs.values():
+            if not hasattr(ref, "ctor"):
+                raise NestError.at(ref.info.pos, f"box `{ref.info.name}` is never read, so it never "
+                                   "learns from anything", hint=f"read it in a statement of block "
+                                   f"`{self.block.name}`")
+        for em in self._emitters:
+            for key in em.state_keys:
+                self._conv_state(key)
+        for qual, attr in self.subs.items():
+            self.state_lines.append(f"{attr!r}: self.{attr}.initial_state(batch)")
+        return self._class_text()
+
+    def _class_text(self) -> str:
+        cls = self.classes[self.block.name]
+        doc = f"block {self.block.name} ({self.block.pos.file}:{self.block.pos.line})"
+        out = [f"class {cls}(nn.Module):", f'    """{one_line(doc)}"""', ""]
+        sites = [f"        ({name!r}, {width})," for name, width in self.lss_sites]
+        for qual, attr in self.subs.items():
+            sites.append(f"        *{self.classes[qual]}.LSS_SITES,")
+        out.append("    LSS_SITES = (" + ("\n" + "\n".join(sites) + "\n    )" if sites else ")"))
+        out += ["", "    def __init__(self):", "        super().__init__()"]
+        out += ["        " + line for line in self.inits] or ["        pass"]
+        out += ["", "    def initial_state(self, batch):", "        return {"]
+        out += [f"            {line}," for line in self.state_lines]
+        out += ["        }", "", "    def forward(self, x, state, ctx):", "        state = dict(state)"]
+        if self.uses_x_in:
+            out.append("        x_in = x  # the block's input, as box generators see `x`")
+        out += self.body
+        out += ["        return x, state", ""]
+        return "\n".join(out)
+
+
+def _mentions_m(e: ir.Expr) -> bool:
+    return any(c.func == "M" for c in ir.calls_in(e))
+
+
+def _mentions_lss(e: ir.Expr) -> bool:
+    return any(n.id == "lss" for n in ir.names_in(e))
+
+
+__all__ = ["BlockGen", "class_name"]

@@ -1,0 +1,542 @@
+"""In-context memories: the boxes that learn inside the forward pass.
+
+Three implementations, one contract. Each holds its *initial* state as parameters of the outer
+level (meta-learned, NL §1.6 item 4) or as a fixed buffer, and processes a stream chunk by chunk:
+
+* :class:`DeepMemory` -- matrix or MLP state, any objective of M(k), GD / momentum / DGD, and a
+  per-token retention gate. All gradients of a chunk are taken at the chunk-start ("committed")
+  state in one batched pass: one forward and one closed-form backward of the MLP give every
+  token's layer inputs a_t and output errors delta_t, and the per-token gradient of layer l is
+  delta_t a_tᵀ. Retention and momentum across the chunk's tokens are linear recurrences with
+  scalar coefficients, so the chunk's update is sum_t w_t delta_t a_tᵀ with per-token weights w_t
+  in closed form (Titans Eqs. 16-18): no per-token loop. DGD's state-dependent decay
+  M (gamma I - b a aᵀ) is the general delta rule, solved by the chunked kernel
+  (runtime/kernels/delta.py).
+* :class:`DeltaMemory` -- a matrix memory updated at every token (linear attention, DeltaNet,
+  Gated DeltaNet), exactly, by the chunked delta-rule kernel.
+* :class:`GeneralMemory` -- anything else the language can say: a per-token loop within each
+  chunk, gradients by torch.func. Slow and obviously correct; the tests use it as the reference
+  of the two fast forms.
+
+Streaming. A state carries the committed weights, the running recurrence state inside the
+current chunk, momentum, and the offset into the chunk, so a stream fed in pieces of any size
+gives what one long call gives. `flush=True` commits a partial chunk at the end of a call (a
+sequence shorter than a chunk still updates its memory).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .kernels.delta import delta_rule
+
+LOG_FLOOR = -80.0  # log of a gate that is (numerically) zero; exp(-80) underflows cleanly
+
+
+# ---------------------------------------------------------------------------------------------
+# MLP memories: forward, and the closed-form backward that yields per-token layer gradients
+# ---------------------------------------------------------------------------------------------
+
+
+def _act(name: str, z: Tensor) -> Tensor:
+    if name == "gelu":
+        return torch.nn.functional.gelu(z)
+    if name == "silu":
+        return torch.nn.functional.silu(z)
+    if name == "relu":
+        return torch.relu(z)
+    if name == "tanh":
+        return torch.tanh(z)
+    if name == "sigmoid":
+        return torch.sigmoid(z)
+    return z
+
+
+def _act_grad(name: str, z: Tensor) -> Tensor:
+    """d act / d z, exactly (tests compare with autograd)."""
+    if name == "gelu":  # exact erf GELU: Phi(z) + z phi(z)
+        cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+        pdf = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
+        return cdf + z * pdf
+    if name == "silu":
+        s = torch.sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+    if name == "relu":
+        return (z > 0).to(z.dtype)
+    if name == "tanh":
+        return 1.0 - torch.tanh(z) ** 2
+    if name == "sigmoid":
+        s = torch.sigmoid(z)
+        return s * (1.0 - s)
+    return torch.ones_like(z)
+
+
+@dataclass(frozen=True)
+class MLPShape:
+    """Per head: layer widths [d_in, hidden..., d_out], activation, residual (out = x + mlp(x))."""
+
+    dims: tuple[int, ...]
+    act: str = "gelu"
+    residual: bool = False
+
+    @property
+    def layers(self) -> int:
+        return len(self.dims) - 1
+
+
+def mlp_apply(shape: MLPShape, weights: list[Tensor], x: Tensor) -> Tensor:
+    """Read a memory: weights[l] [B, H, out_l, in_l], x [B, H, N, d_in] -> [B, H, N, d_out]."""
+    a = x
+    for i, w in enumerate(weights):
+        z = torch.einsum("bhnd,bhed->bhne", a, w)
+        a = _act(shape.act, z) if i < len(weights) - 1 else z
+    return a + x if shape.residual else a
+
+
+def mlp_layer_grads(shape: MLPShape, weights: list[Tensor], x: Tensor,
+                    out_grad: Callable[[Tensor], Tensor]) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """Forward at `weights`, then backward of the per-token objective in closed form.
+
+    Returns the prediction and, per layer, (a, delta): the layer's input a_t [B,H,N,in] and the
+    gradient of the token's objective w.r.t. the layer's output delta_t [B,H,N,out], so that the
+    token's gradient w.r.t. that layer's weights is delta_t a_tᵀ.
+    """
+    acts, pres = [x], []
+    a = x
+    for i, w in enumerate(weights):
+        z = torch.einsum("bhnd,bhed->bhne", a, w)
+        pres.append(z)
+        a = _act(shape.act, z) if i < len(weights) - 1 else z
+        if i < len(weights) - 1:
+            acts.append(a)
+    pred = a + x if shape.residual else a
+    delta = out_grad(pred)
+    per_layer: list[tuple[Tensor, Tensor]] = []
+    for i in range(len(weights) - 1, -1, -1):
+        per_layer.append((acts[i], delta))
+        if i > 0:
+            delta = torch.einsum("bhne,bhed->bhnd", delta, weights[i]) * _act_grad(shape.act, pres[i - 1])
+    per_layer.reverse()
+    return pred, per_layer
+
+
+# ---------------------------------------------------------------------------------------------
+# closed-form output gradients of the built-in objectives
+# ---------------------------------------------------------------------------------------------
+
+
+def objective_grad(kind: str, scale: float, extra: float | Tensor | None = None):
+    """d(scale * objective(pred, target)) / d pred for l2, dot, lp, huber (summed over the last axis)."""
+    if kind == "l2":
+        return lambda pred, target: (2.0 * scale) * (pred - target)
+    if kind == "dot":
+        return lambda pred, target: scale * target.expand_as(pred)
+    if kind == "lp":
+        p = float(extra)
+        return lambda pred, target: (scale * p) * torch.sign(pred - target) * (pred - target).abs().pow(p - 1.0)
+    if kind == "huber":
+        return lambda pred, target: scale * torch.clamp(pred - target, -extra, extra)
+    raise ValueError(kind)
+
+
+def func_objective_grad(objective: Callable[[Tensor, Tensor], Tensor]):
+    """d objective / d pred by torch.func, for user-written objectives of the prediction."""
+    def grad(pred: Tensor, target: Tensor) -> Tensor:
+        return torch.func.grad(lambda p: objective(p, target).sum())(pred)
+    return grad
+
+
+# ---------------------------------------------------------------------------------------------
+# chunk segmentation
+# ---------------------------------------------------------------------------------------------
+
+
+def segments(length: int, period: int, offset: int) -> list[tuple[int, int, bool]]:
+    """Cut [0, length) at the chunk boundaries of a box that is `offset` tokens into its current
+    chunk. Returns (start, end, completes_chunk) for each piece."""
+    out, start, pos = [], 0, offset
+    while start < length:
+        end = min(length, start + period - pos)
+        pos = (pos + end - start) % period
+        out.append((start, end, pos == 0))
+        start = end
+    return out
+
+
+def _slice_time(x, s: int, e: int):
+    """Slice a per-head stream [B, H, T, ...] or per-head scalars [B, H, T] along time."""
+    if not torch.is_tensor(x):
+        return x
+    return x[:, :, s:e]
+
+
+def _after_segment(state: dict, n: int, period: int, completes: bool, flush: bool) -> dict:
+    """Advance the offset; at a chunk boundary (or on flush) the running state becomes visible."""
+    state = dict(state, offset=(state["offset"] + n) % period, pos=state["pos"] + n)
+    if completes or flush:
+        state["W"] = state["M"]
+        state["offset"] = 0
+    return state
+
+
+def _log_gate(gate, like: Tensor) -> Tensor:
+    if gate is None:
+        return torch.zeros(like.shape[:3], dtype=like.dtype, device=like.device)
+    if not torch.is_tensor(gate):
+        return torch.full(like.shape[:3], math.log(max(float(gate), 1e-35)), dtype=like.dtype, device=like.device)
+    return torch.log(gate.clamp_min(1e-35)).clamp_min(LOG_FLOOR)
+
+
+def _as_tokens(x, like: Tensor) -> Tensor:
+    """A per-token coefficient as [B, H, N] (constants broadcast)."""
+    if torch.is_tensor(x):
+        return x
+    return torch.full(like.shape[:3], float(x), dtype=like.dtype, device=like.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepMemory
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MemorySettings:
+    heads: int
+    shape: MLPShape
+    period: int = 1
+    optimizer: str = "gd"  # gd | momentum | dgd
+    dgd_step: str = "exact"  # exact | paper | neurips
+    dgd_decay_keys: str = "layer"  # layer | first
+    read: str = "before"  # before | after
+    reset: object = "sequence"  # sequence | never | int (tokens)
+    init: str = "meta"  # meta | zeros | identity | random
+    init_std: float = 0.02
+    grad: str = "through"  # through | stop (stop-gradient writes)
+    name: str = "memory"
+    extra: dict = field(default_factory=dict)
+
+
+class DeepMemory(nn.Module):
+    """A matrix or MLP memory learned chunk by chunk (rule deep_memory_chunked)."""
+
+    def __init__(self, settings: MemorySettings):
+        super().__init__()
+        self.s = settings
+        shape = settings.shape
+        h = settings.heads
+        inits = []
+        for i in range(shape.layers):
+            d_in, d_out = shape.dims[i], shape.dims[i + 1]
+            if settings.init == "zeros":
+                w = torch.zeros(h, d_out, d_in)
+            elif settings.init == "identity":
+                w = torch.zeros(h, d_out, d_in)
+                if shape.layers == 1 and d_in == d_out:
+                    w = torch.eye(d_in).expand(h, d_in, d_in).clone()
+            else:
+                # a residual MLP starts close to the identity map: small output layer
+                std = settings.init_std if settings.init == "random" else 1.0 / math.sqrt(d_in)
+                if shape.residual and i == shape.layers - 1:
+                    std = settings.init_std
+                w = torch.randn(h, d_out, d_in) * std
+            inits.append(w)
+        if settings.init == "meta":
+            self.init_weights = nn.ParameterList([nn.Parameter(w) for w in inits])
+        else:
+            for i, w in enumerate(inits):
+                self.register_buffer(f"init_w{i}", w)
+            self.init_weights = None
+
+    # -- state --
+    def _inits(self) -> list[Tensor]:
+        if self.init_weights is not None:
+            return list(self.init_weights)
+        return [getattr(self, f"init_w{i}") for i in range(self.s.shape.layers)]
+
+    def initial_state(self, batch: int) -> dict:
+        ws = [w.unsqueeze(0).expand(batch, *w.shape) for w in self._inits()]
+        state = {"W": ws, "M": ws, "offset": 0, "pos": 0}
+        if self.s.optimizer == "momentum":
+            state["S"] = [torch.zeros_like(w) for w in ws]
+        return state
+
+    def apply(self, weights: list[Tensor], x: Tensor) -> Tensor:
+        return mlp_apply(self.s.shape, weights, x)
+
+    def read(self, state: dict, query: Tensor) -> Tensor:
+        """Read with the committed state (the chunk-start state of the current chunk)."""
+        return self.apply(state["W"], query)
+
+    def apply_initial(self, query: Tensor) -> Tensor:
+        """Read with the initial state (the first pass of a local-surprise-signal step)."""
+        ws = [w.unsqueeze(0).expand(query.shape[0], *w.shape) for w in self._inits()]
+        return self.apply(ws, query)
+
+    # -- processing --
+    def forward(self, state: dict, *, keys: Tensor, target, lr=1.0, gate=None, beta=None,
+                query: Tensor | None = None, out_grad: Callable, flush: bool = False):
+        """Process T tokens; returns (read output [B,H,T,d_out] or None, new state).
+
+        keys [B,H,T,d_in]; target [B,H,T,d_out] or a callable (weights, s, e) -> target for
+        self-generated values; lr, gate, beta: [B,H,T] or constants; query [B,H,T,d_in] (read
+        with the committed state, or the updated one for `read after` at period 1).
+        """
+        T = keys.shape[2]
+        outs = []
+        for s, e, completes in segments(T, self.s.period, state["offset"]):
+            W = state["W"]
+            k = keys[:, :, s:e]
+            if query is not None and self.s.read == "before":
+                outs.append(self.apply(W, query[:, :, s:e]))
+            tgt = target(W, s, e) if callable(target) else target[:, :, s:e]
+            _, layers = mlp_layer_grads(self.s.shape, W, k, lambda p: out_grad(p, tgt, s, e))
+            if self.s.grad == "stop":
+                layers = [(a.detach(), d.detach()) for a, d in layers]
+            state = self._advance(state, layers, _slice_time(lr, s, e), _slice_time(gate, s, e),
+                                  _slice_time(beta, s, e))
+            state = _after_segment(state, e - s, self.s.period, completes, flush and e == T)
+            if query is not None and self.s.read == "after":
+                outs.append(self.apply(state["M"], query[:, :, s:e]))
+            state = self._maybe_reset(state)
+        out = torch.cat(outs, dim=2) if outs else None
+        return out, state
+
+    def _maybe_reset(self, state: dict) -> dict:
+        r = self.s.reset
+        if isinstance(r, int) and not isinstance(r, bool) and state["pos"] % r == 0 and state["offset"] == 0:
+            fresh = self.initial_state(state["W"][0].shape[0])
+            fresh["pos"] = state["pos"]
+            return fresh
+        return state
+
+    def _advance(self, state: dict, layers, lr, gate, beta) -> dict:
+        """The running state after the segment's tokens, gradients at the committed state."""
+        a0 = layers[0][0]
+        theta = _as_tokens(lr, a0)  # [B,H,n]
+        lg = _log_gate(gate, a0)  # log gamma_t
+        cum = torch.cumsum(lg, dim=-1)  # log Gamma_t
+        total = cum[..., -1:]  # log Gamma_n
+        opt = self.s.optimizer
+        new_M, new_S = [], []
+        if opt == "dgd":
+            return self._advance_dgd(state, layers, theta, gate, lg, cum, total)
+        if opt == "momentum" and beta is not None:
+            lb = _log_gate(beta, a0)
+            cb = torch.cumsum(lb, dim=-1)  # log B_t
+            n = a0.shape[2]
+            # R[r, s] = (Gamma_n / Gamma_r) (B_r / B_s) for s <= r: how much of token s's step
+            # reaches the end of the segment through the momentum and then the retention
+            log_r = (total[..., :, None] - cum[..., :, None]) + (cb[..., :, None] - cb[..., None, :])
+            tri = torch.ones(n, n, dtype=torch.bool, device=a0.device).tril()
+            r = torch.where(tri, torch.exp(torch.where(tri, log_r, torch.zeros_like(log_r))), torch.zeros_like(log_r))
+            w = theta * r.sum(dim=-2)  # [B,H,n]: weight of token s's gradient in M_n
+            c_s = torch.exp(total - cum + cb).sum(dim=-1)  # weight of S_0 in M_n
+            u = theta * torch.exp(cb[..., -1:] - cb)  # weight of token s's gradient in S_n
+            b_n = torch.exp(cb[..., -1])
+            gam = torch.exp(total[..., 0])
+            for (a, d), m, s0 in zip(layers, state["M"], state["S"]):
+                grad_w = torch.einsum("bhn,bhne,bhnd->bhed", w, d, a)
+                grad_u = torch.einsum("bhn,bhne,bhnd->bhed", u, d, a)
+                new_M.append(gam[..., None, None] * m + c_s[..., None, None] * s0 - grad_w)
+                new_S.append(b_n[..., None, None] * s0 - grad_u)
+            return dict(state, M=new_M, S=new_S)
+        # plain GD with retention: M_n = Gamma_n M_0 - sum_s (Gamma_n / Gamma_s) theta_s G_s
+        w = theta * torch.exp(total - cum)
+        gam = torch.exp(total[..., 0])
+        for (a, d), m in zip(layers, state["M"]):
+            new_M.append(gam[..., None, None] * m - torch.einsum("bhn,bhne,bhnd->bhed", w, d, a))
+        return dict(state, M=new_M)
+
+    def _advance_dgd(self, state, layers, theta, gate, lg, cum, total) -> dict:
+        """Delta gradient descent, NL Eq. 88, per layer along the layer's own input a_t:
+
+            M_t = M_{t-1} (gamma_t I - b_t a_t a_tᵀ) - c_t delta_t a_tᵀ
+
+        with b = c = eta / (1 + eta |a|²) ("exact", the Sherman-Morrison solution of NL Eq. 56),
+        b = c = eta ("paper"), or b = 1, c = eta ("neurips")."""
+        new_M = []
+        step = self.s.dgd_step
+        for i, ((a, d), m) in enumerate(zip(layers, state["M"])):
+            decays = self.s.dgd_decay_keys == "layer" or i == 0
+            if step == "exact":
+                b = theta / (1.0 + theta * (a * a).sum(-1))
+                c = b
+            elif step == "paper":
+                b, c = theta, theta
+            else:
+                b, c = torch.ones_like(theta), theta
+            if decays:
+                _, m_new = delta_rule(None, a, -c[..., None] * d, b=b, log_g=lg,
+                                      initial_state=m, chunk=max(a.shape[2], 1))
+            else:
+                w = c * torch.exp(total - cum)
+                m_new = torch.exp(total[..., 0])[..., None, None] * m - torch.einsum("bhn,bhne,bhnd->bhed", w, d, a)
+            new_M.append(m_new)
+        return dict(state, M=new_M)
+
+
+# ---------------------------------------------------------------------------------------------
+# DeltaMemory: matrix memory at every token (linear attention, DeltaNet, Gated DeltaNet)
+# ---------------------------------------------------------------------------------------------
+
+
+class DeltaMemory(nn.Module):
+    """M_t = M_{t-1}(g_t I - b_t k_t k_tᵀ) + c_t v_t k_tᵀ at every token, exactly, in chunked form.
+
+    `kind` is "l2" (the delta rule: b = c = lr * 2 * scale, objective scale * |Mk - v|²) or "dot"
+    (Hebbian: b = 0, c = -lr * scale for objective scale * <Mk, v>). With `grad_at="retained"`
+    the gradient is taken at the gated state (Gated DeltaNet's form: b = g * lr).
+    """
+
+    def __init__(self, heads: int, d_in: int, d_out: int, kind: str, scale: float,
+                 init: str = "zeros", read: str = "after", chunk: int = 64, grad_at: str = "previous",
+                 reset: object = "sequence"):
+        super().__init__()
+        self.heads, self.d_in, self.d_out = heads, d_in, d_out
+        self.kind, self.scale, self.read, self.chunk = kind, scale, read, chunk
+        self.grad_at, self.reset = grad_at, reset
+        w = torch.zeros(heads, d_out, d_in)
+        if init == "identity" and d_in == d_out:
+            w = torch.eye(d_in).expand(heads, d_in, d_in).clone()
+        if init == "meta":
+            self.init_state = nn.Parameter(w)
+        else:
+            self.register_buffer("init_state", w)
+
+    def initial_state(self, batch: int) -> dict:
+        return {"S": self.init_state.unsqueeze(0).expand(batch, *self.init_state.shape), "pos": 0}
+
+    def forward(self, state: dict, *, query: Tensor | None, keys: Tensor, values: Tensor, lr=1.0,
+                gate=None, flush: bool = False):
+        lr_t = _as_tokens(lr, keys)
+        log_g = _log_gate(gate, keys) if gate is not None else None
+        if self.kind == "l2":
+            c = lr_t * (2.0 * self.scale)
+            b = c * torch.exp(log_g) if (self.grad_at == "retained" and log_g is not None) else c
+        else:
+            c = -lr_t * self.scale
+            b = None
+        o, s_new = delta_rule(query, keys, c[..., None] * values, b=b, log_g=log_g,
+                              initial_state=state["S"], chunk=self.chunk,
+                              inclusive=self.read == "after")
+        new = {"S": s_new, "pos": state["pos"] + keys.shape[2]}
+        if isinstance(self.reset, int) and not isinstance(self.reset, bool):
+            raise NotImplementedError("reset every N tokens is lowered through DeepMemory")
+        return o, new
+
+
+# ---------------------------------------------------------------------------------------------
+# GeneralMemory: the per-token reference for everything else
+# ---------------------------------------------------------------------------------------------
+
+
+class GeneralMemory(DeepMemory):
+    """Per-token recurrence inside each chunk, gradients by torch.func (rule memory_general).
+
+    `loss(weights, s, e)` gives the summed objective of the tokens s..e-1 at the given weights
+    (the generated code writes it from the spec's objective); `retain(weights, t)` and
+    `update(weights, t)` are the spec's retention and update rule when they are not of the
+    forms DeepMemory handles.
+    """
+
+    def __init__(self, settings: MemorySettings, adam: tuple[float, float, float] | None = None):
+        super().__init__(settings)
+        self.adam = adam
+
+    def initial_state(self, batch: int) -> dict:
+        state = super().initial_state(batch)
+        if (self.s.optimizer == "momentum" or self.s.extra.get("dgd_momentum")) and "S" not in state:
+            state["S"] = [torch.zeros_like(w) for w in state["W"]]
+        if self.adam is not None:
+            state["m1"] = [torch.zeros_like(w) for w in state["W"]]
+            state["m2"] = [torch.zeros_like(w) for w in state["W"]]
+            state["steps"] = 0
+        return state
+
+    def forward(self, state: dict, *, length: int, loss=None, lr=1.0, gate=None, beta=None,
+                retain=None, update=None, query: Tensor | None = None, flush: bool = False,
+                layer_inputs: Callable | None = None):
+        outs = []
+        for s, e, completes in segments(length, self.s.period, state["offset"]):
+            W = state["W"]
+            if query is not None and self.s.read == "before":
+                outs.append(self.apply(W, query[:, :, s:e]))
+            for t in range(s, e):
+                state = self._token(state, W, t, loss, lr, gate, beta, retain, update, layer_inputs)
+                if query is not None and self.s.read == "after":
+                    outs.append(self.apply(state["M"], query[:, :, t:t + 1]))
+            state = _after_segment(state, e - s, self.s.period, completes, flush and e == length)
+            state = self._maybe_reset(state)
+        return (torch.cat(outs, dim=2) if outs else None), state
+
+    @staticmethod
+    def _at(x, t: int):
+        if torch.is_tensor(x):
+            return x[:, :, t][..., None, None]
+        return x
+
+    def _token(self, state, W, t, loss, lr, gate, beta, retain, update, layer_inputs) -> dict:
+        M = state["M"]
+        if update is not None:
+            # a user-written rule: its increment at the committed state (NL Eq. 71)
+            new = update(W, t)
+            M = [m + (n - w) for m, n, w in zip(M, new, W)]
+            return dict(state, M=M)
+        grads = list(torch.func.grad(lambda ws: loss(ws, t, t + 1))(list(W)))
+        if self.s.grad == "stop":
+            grads = [g.detach() for g in grads]
+        eta = self._at(lr, t)
+        opt = self.s.optimizer
+        if opt == "dgd":
+            return self._dgd_token(state, W, t, grads, eta, gate, beta, retain, layer_inputs)
+        if retain is not None:
+            M = retain(M, t)
+        elif gate is not None:
+            M = [self._at(gate, t) * m for m in M]
+        if opt == "momentum":
+            S = [self._at(beta, t) * sv - eta * g for sv, g in zip(state["S"], grads)]
+            return dict(state, M=[m + sv for m, sv in zip(M, S)], S=S)
+        if self.adam is not None:
+            b1, b2, eps = self.adam
+            n = state["steps"] + 1
+            m1 = [b1 * a + (1 - b1) * g for a, g in zip(state["m1"], grads)]
+            m2 = [b2 * a + (1 - b2) * g * g for a, g in zip(state["m2"], grads)]
+            M = [m - eta * (a / (1 - b1 ** n)) / (torch.sqrt(c / (1 - b2 ** n)) + eps)
+                 for m, a, c in zip(M, m1, m2)]
+            return dict(state, M=M, m1=m1, m2=m2, steps=n)
+        return dict(state, M=[m - eta * g for m, g in zip(M, grads)])
+
+    def _dgd_token(self, state, W, t, grads, eta, gate, beta, retain, layer_inputs) -> dict:
+        """NL Eq. 88 for one token: M <- M (gamma I - b a aᵀ) - c grad, per layer along its own
+        input a (at the committed state), plus optional Titans-style momentum on the gradient."""
+        ins = layer_inputs(W, t)
+        gamma = self._at(gate, t) if gate is not None else 1.0
+        out, new_s = [], []
+        for i, (m, g, a) in enumerate(zip(state["M"], grads, ins)):
+            a = a[:, :, 0]  # [B,H,in]
+            decays = self.s.dgd_decay_keys == "layer" or i == 0
+            if self.s.dgd_step == "exact":
+                b = eta / (1.0 + eta * (a * a).sum(-1)[..., None, None])
+                c = b
+            elif self.s.dgd_step == "paper":
+                b = c = eta
+            else:
+                b, c = 1.0, eta
+            kept = retain([m], t)[0] if retain is not None else gamma * m
+            if decays:
+                kept = kept - b * torch.einsum("bhe,bhd->bhed", torch.einsum("bhed,bhd->bhe", m, a), a)
+            if "S" in state:
+                sv = self._at(beta, t) * state["S"][i] - c * g
+                new_s.append(sv)
+                out.append(kept + sv)
+            else:
+                out.append(kept - c * g)
+        new = dict(state, M=out)
+        if new_s:
+            new["S"] = new_s
+        return new

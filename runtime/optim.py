@@ -1,0 +1,236 @@
+"""Optimizer support for generated optimizer specs: a torch.optim.Optimizer base class and
+foreach-style list operations.
+
+A generated optimizer keeps, per parameter, the state of each of its boxes (e.g. Adam's `m`
+and `v`), and writes each box's update as operations on *lists* of tensors (one per parameter),
+which torch runs as multi-tensor (foreach) kernels and torch.compile fuses.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .kernels.newton_schulz import cubic_newton_schulz, newton_schulz as _ns
+
+Operand = Any  # list[Tensor] | list[float] | float | Tensor
+
+
+def kind(x) -> str:
+    """T: a list of parameter-shaped tensors; S: a list of per-parameter scalars (floats or 0-d
+    tensors); s: one scalar (a float or a 0-d tensor)."""
+    if isinstance(x, (list, tuple)):
+        if x and torch.is_tensor(x[0]) and x[0].ndim > 0:
+            return "T"
+        return "S"
+    return "s"
+
+
+def _elementwise(a, b, fe, op):
+    ka, kb = kind(a), kind(b)
+    if ka == "T" and kb == "T":
+        return fe(a, b)
+    if ka == "T" and kb == "s":
+        return fe(a, b)
+    if ka == "T" and kb == "S":
+        if all(not torch.is_tensor(v) for v in b):
+            return fe(a, list(b))
+        return [op(t, v) for t, v in zip(a, b)]
+    if kb == "T":  # scalar (list) on the left: apply elementwise, keeping the order
+        return [op(v, t) for v, t in zip(a if ka == "S" else [a] * len(b), b)]
+    if ka == "S" or kb == "S":
+        n = len(a) if ka == "S" else len(b)
+        aa = a if ka == "S" else [a] * n
+        bb = b if kb == "S" else [b] * n
+        return [op(x, y) for x, y in zip(aa, bb)]
+    return op(a, b)
+
+
+def add(a, b):
+    return _elementwise(a, b, torch._foreach_add, lambda x, y: x + y)
+
+
+def sub(a, b):
+    return _elementwise(a, b, torch._foreach_sub, lambda x, y: x - y)
+
+
+def mul(a, b):
+    return _elementwise(a, b, torch._foreach_mul, lambda x, y: x * y)
+
+
+def div(a, b):
+    return _elementwise(a, b, torch._foreach_div, lambda x, y: x / y)
+
+
+def pow(a, b):  # noqa: A001 - mirrors the spec's **
+    return _elementwise(a, b, torch._foreach_pow, lambda x, y: x ** y)
+
+
+def neg(a):
+    k = kind(a)
+    if k == "T":
+        return torch._foreach_neg(a)
+    return [-x for x in a] if k == "S" else -a
+
+
+def _unary(name: str, scalar_fn):
+    fe = getattr(torch, f"_foreach_{name}", None)
+
+    def op(a):
+        k = kind(a)
+        if k == "T":
+            return fe(a) if fe is not None else [getattr(torch, name)(t) for t in a]
+        one = lambda x: getattr(torch, name)(x) if torch.is_tensor(x) else scalar_fn(x)  # noqa: E731
+        return [one(x) for x in a] if k == "S" else one(a)
+
+    return op
+
+
+sqrt = _unary("sqrt", math.sqrt)
+abs = _unary("abs", builtins.abs)  # noqa: A001
+exp = _unary("exp", math.exp)
+log = _unary("log", math.log)
+sign = _unary("sign", lambda x: (x > 0) - (x < 0))
+sigmoid = _unary("sigmoid", lambda x: 1 / (1 + math.exp(-x)))
+tanh = _unary("tanh", math.tanh)
+
+
+def _pick(x, y, greater: bool):
+    if torch.is_tensor(x) or torch.is_tensor(y):
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        return torch.maximum(x, y) if greater else torch.minimum(x, y)
+    return max(x, y) if greater else min(x, y)
+
+
+def maximum(a, b):
+    if kind(a) != "T" and kind(b) == "T":
+        a, b = b, a
+    if kind(a) == "T":
+        if kind(b) == "T":
+            return torch._foreach_maximum(a, b)
+        return [torch.clamp(t, min=v) for t, v in zip(a, b if kind(b) == "S" else [b] * len(a))]
+    return _elementwise(a, b, None, lambda x, y: _pick(x, y, True))
+
+
+def minimum(a, b):
+    if kind(a) != "T" and kind(b) == "T":
+        a, b = b, a
+    if kind(a) == "T":
+        if kind(b) == "T":
+            return torch._foreach_minimum(a, b)
+        return [torch.clamp(t, max=v) for t, v in zip(a, b if kind(b) == "S" else [b] * len(a))]
+    return _elementwise(a, b, None, lambda x, y: _pick(x, y, False))
+
+
+def clamp(a, lo, hi):
+    return minimum(maximum(a, lo), hi)
+
+
+def lerp(a, b, w):
+    """a + w (b - a), with torch.lerp's rounding (as torch's optimizers use it)."""
+    if kind(a) == "T" and kind(b) == "T":
+        if kind(w) == "T":
+            return torch._foreach_lerp(a, b, w)
+        if kind(w) == "s" and torch.is_tensor(w) and not torch.compiler.is_compiling():
+            w = w.item()  # eager: the scalar kernel, as torch's own optimizers call it
+        if kind(w) == "s" and not torch.is_tensor(w):
+            return torch._foreach_lerp(a, b, w)
+        ws = w if kind(w) == "S" else [w] * len(a)
+        return [torch.lerp(x, y, v) for x, y, v in zip(a, b, ws)]
+    return add(a, mul(sub(b, a), w))
+
+
+def add_scaled(a, x, y, sign: int):
+    """a + sign * x * y. When one factor is a scalar (or one scalar per parameter) and the other
+    a tensor list, this is torch's fused `add_(other, alpha=...)`, rounding for rounding."""
+    if kind(a) == "T" and not torch.compiler.is_compiling():
+        for scal, tens in ((x, y), (y, x)):
+            if kind(tens) == "T" and kind(scal) in ("s", "S"):
+                alphas = scal if kind(scal) == "S" else [scal] * len(tens)
+                alphas = [sign * (float(v) if torch.is_tensor(v) else v) for v in alphas]
+                return [torch.add(t, o, alpha=al) for t, o, al in zip(a, tens, alphas)]
+    prod = mul(x, y)
+    return add(a, prod) if sign > 0 else sub(a, prod)
+
+
+def total(a) -> Tensor:
+    """The sum of every element of a tensor list (an element-wise objective, summed)."""
+    return builtins.sum(t.sum() for t in a) if kind(a) == "T" else a
+
+
+def newton_schulz(x: list[Tensor], steps: int = 5, eps: float = 1e-7, coefficients: str = "muon",
+                  dtype: str = "bfloat16") -> list[Tensor]:
+    """Orthogonalise each matrix (Muon's quintic by default), returned in the input dtype."""
+    out = []
+    for t in x:
+        if t.ndim != 2:
+            raise ValueError(f"newton_schulz needs 2-D parameters, got shape {tuple(t.shape)}")
+        if coefficients == "cubic":
+            out.append(cubic_newton_schulz(t, steps).to(t.dtype))
+        else:
+            dt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+            out.append(_ns(t, steps=steps, eps=eps, dtype=dt).to(t.dtype))
+    return out
+
+
+def rows(x: Sequence[Tensor]) -> list[float]:
+    return [float(t.shape[0]) for t in x]
+
+
+def cols(x: Sequence[Tensor]) -> list[float]:
+    return [float(t.shape[1]) if t.ndim > 1 else 1.0 for t in x]
+
+
+def assign(dst: list[Tensor], src) -> None:
+    """Write a box's new state into its storage, in place."""
+    k = kind(src)
+    if k == "T":
+        torch._foreach_copy_(dst, src)
+    else:
+        for t, s in zip(dst, src if k == "S" else [src] * len(dst)):
+            t.fill_(s)
+
+
+def masked_assign(dst: list[Tensor], src: list[Tensor], on: Tensor) -> None:
+    """dst <- src where `on` (a 0-d bool tensor) holds: a schedule step without a Python branch."""
+    torch._foreach_copy_(dst, [torch.where(on, s, d) for s, d in zip(src, dst)])
+
+
+class NestOptimizer(torch.optim.Optimizer):
+    """Base of generated optimizers: per-parameter box state, created lazily."""
+
+    BOXES: tuple[str, ...] = ()  # names of the boxes holding per-parameter state
+    ACCUMULATE: tuple[str, ...] = ()  # slow boxes that sum their increments between updates
+    HYPERPARAMETERS: tuple[str, ...] = ()
+
+    def _box_state(self, group: dict, params: list[Tensor]) -> dict[str, list[Tensor]]:
+        lists: dict[str, list[Tensor]] = {name: [] for name in self.BOXES + tuple(f"{n}_acc" for n in self.ACCUMULATE)}
+        for p in params:
+            st = self.state[p]
+            if not st:
+                st["step"] = torch.zeros((), dtype=torch.float64)
+                for name in lists:
+                    st[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            for name in lists:
+                lists[name].append(st[name])
+        return lists
+
+    def _hyper(self, group: dict) -> dict[str, Tensor]:
+        """The group's hyperparameters as 0-d float64 tensors, updated in place, so a schedule
+        changing `lr` does not recompile a compiled step."""
+        cache = group.setdefault("_nest_hp", {})
+        for k in self.HYPERPARAMETERS:
+            v = float(group[k])
+            if k not in cache:
+                cache[k] = torch.tensor(v, dtype=torch.float64)
+            elif float(cache[k]) != v:
+                cache[k].fill_(v)
+        return cache
+
+    def _steps(self, params: list[Tensor]) -> Tensor:
+        """The shared step counter (a float64 0-d tensor: no recompiles as it advances)."""
+        return self.state[params[0]]["step"]

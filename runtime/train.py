@@ -1,0 +1,161 @@
+"""One training step of a compiled spec: optimizers for its parameter groups, the (two-pass) loss,
+clipping, the optimizer step, and torch.compile of the parts that run every step.
+
+The loss. Boxes whose values are the local surprise signal (`values lss`: CMS levels learning
+from the model's loss) need the gradient of the loss with respect to their outputs before they
+can update. A step therefore runs two passes when the model has such boxes: a first pass in
+which those boxes read their initial state and a zero "probe" is added to each of their outputs
+(the gradient of the loss with respect to the probe is the signal), then the real pass, in which
+they learn from those signals chunk by chunk; the second pass's loss trains the outer level.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .context import Ctx
+from .model import sequence_loss
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizers
+# ---------------------------------------------------------------------------------------------
+
+
+def partition(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameter groups: `matrices` are 2-D weights other than the embedding/head; the rest is
+    everything else (norm gains, biases, initial memory states of other shapes, the embedding)."""
+    embed = getattr(model, "embed", None)
+    skip = {id(embed.weight)} if embed is not None else set()
+    head = getattr(model, "head", None)
+    if head is not None:
+        skip.add(id(head.weight))
+    matrices, rest = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (matrices if p.ndim == 2 and id(p) not in skip else rest).append(p)
+    return {"all": matrices + rest, "matrices": matrices, "rest": rest}
+
+
+class MultiOptimizer(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameter groups (Muon/M3 on matrices + AdamW on the
+    rest), behaving as one: step, zero_grad, param_groups (for schedules), state dicts."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.param_groups = [g for o in optimizers for g in o.param_groups]
+        self.defaults = {}
+        self.state = {}
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for o in self.optimizers:
+            o.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+
+
+def make_optimizer(compiled, model: nn.Module, override: str | None = None,
+                   settings: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+    """The train section's optimizers (or `override`, an optimizer spec such as "m3") over the
+    model's parameter groups. An optimizer for matrices only (Muon, M3) gets AdamW for the rest."""
+    entries = list(compiled.module.OPTIMIZERS)
+    if override is not None:
+        import nestc
+
+        entries = list(nestc.compile(override).module.OPTIMIZERS)
+        if [e[1] for e in entries] == ["matrices"]:
+            entries += list(nestc.compile("adamw").module.OPTIMIZERS)
+            entries[-1] = (entries[-1][0], "rest", entries[-1][2], entries[-1][3])
+    if not entries:
+        raise ValueError(f"{compiled.program.name} has no optimizer: give its train section one")
+    groups = partition(model)
+    built: list[torch.optim.Optimizer] = []
+    taken: set[int] = set()
+    for _name, group, cls, defaults in entries:
+        kw = {k: v for k, v in {**defaults, **(settings or {})}.items() if k in cls.HYPERPARAMETERS}
+        params = [p for p in groups["all" if group == "rest" else group] if id(p) not in taken]
+        taken |= {id(p) for p in params}
+        if params:
+            built.append(cls(params, **kw))
+    return built[0] if len(built) == 1 else MultiOptimizer(built)
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then constant or cosine decay to 10% (step counts from 0)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine" and total > warmup:
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss, with local surprise signals
+# ---------------------------------------------------------------------------------------------
+
+
+def forward_loss(model: nn.Module, tokens: Tensor, targets: Tensor, lss: dict[str, Tensor]) -> Tensor:
+    """The real pass: boxes learn from `lss`; returns the batch-mean next-token loss."""
+    logits, _ = model(tokens, ctx=Ctx(lss=lss))
+    return sequence_loss(logits, targets) / tokens.shape[0]
+
+
+def probe_loss(model: nn.Module, tokens: Tensor, targets: Tensor, probes: dict[str, Tensor]) -> Tensor:
+    """The first pass: lss boxes read their initial state plus a zero probe. Its loss is summed
+    over sequences of per-sequence means, so each probe's gradient is its own sequence's signal."""
+    logits, _ = model(tokens, ctx=Ctx(probing=True, lss=probes))
+    return sequence_loss(logits, targets)
+
+
+@dataclass
+class LossFns:
+    main: Callable
+    probe: Callable
+
+
+def make_loss_fns(model: nn.Module, compile: bool = False, **compile_kw) -> LossFns:
+    main = lambda x, y, lss: forward_loss(model, x, y, lss)  # noqa: E731
+    probe = lambda x, y, p: probe_loss(model, x, y, p)  # noqa: E731
+    if compile:
+        main = torch.compile(main, fullgraph=True, **compile_kw)
+        probe = torch.compile(probe, fullgraph=True, **compile_kw)
+    return LossFns(main, probe)
+
+
+def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """The local surprise signals of every lss box (empty when the model has none)."""
+    sites = model.lss_sites()
+    if not sites:
+        return {}
+    b, t = tokens.shape
+    probes = {k: torch.zeros(b, t, w, requires_grad=True) for k, w in sites}
+    loss = fns.probe(tokens, targets, probes)
+    grads = torch.autograd.grad(loss, list(probes.values()))
+    return {k: g.detach() for k, g in zip(probes, grads)}
+
+
+def training_loss(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor) -> Tensor:
+    return fns.main(tokens, targets, signals(model, fns, tokens, targets))
