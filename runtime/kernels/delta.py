@@ -1,0 +1,309 @@
+r"""The general gated delta rule, chunked (fast) and token by token (reference).
+
+Per (batch, head) a matrix state :math:`S \in \mathbb{R}^{D_v \times D_k}` follows
+
+.. math::
+
+    S_t = S_{t-1}\,(g_t I - b_t k_t k_t^\top) + v_t k_t^\top,
+    \qquad g_t = e^{\log g_t} \in (0, 1],
+
+and is read as :math:`o_t = S_t q_t` (``inclusive=True``, read after the update) or
+:math:`o_t = S_{t-1} q_t` (``inclusive=False``, read before it).
+
+One kernel covers the whole family, by choice of ``b``, ``log_g`` and ``v``:
+
+==========================  ==============  ======================  =============
+model                        ``b``            ``log_g``               ``v``
+==========================  ==============  ======================  =============
+linear attention             ``None``         ``None``                 v
+gated linear attention       ``None``         log α                    v
+DeltaNet                     β                ``None``                 β v
+Gated DeltaNet               α β              log α                    β v
+delta gradient descent       η'               log α                    −η δ
+==========================  ==============  ======================  =============
+
+Chunked form (WY / UT representation)
+-------------------------------------
+Inside one chunk of ``C`` tokens, write :math:`\Gamma_t = \prod_{s \le t} g_s` (``Γ_0 = 1``,
+computed as ``exp`` of a cumulative sum of ``log_g``) and :math:`S_0` for the state entering
+the chunk. Unrolling the recurrence gives
+
+.. math::
+
+    S_t = \Gamma_t S_0 + \sum_{s \le t} \frac{\Gamma_t}{\Gamma_s}\, w_s k_s^\top
+
+where the pseudo-values :math:`w_s` solve the unit lower-triangular system
+
+.. math::
+
+    w_t + b_t \sum_{s<t} \frac{\Gamma_{t-1}}{\Gamma_s} (k_t \cdot k_s)\, w_s
+        = v_t - b_t \Gamma_{t-1} S_0 k_t .
+
+(Proof: substitute the ansatz into :math:`S_t = g_t S_{t-1} - b_t (S_{t-1} k_t) k_t^\top
++ v_t k_t^\top`; the terms with :math:`s<t` and the :math:`S_0` term match, leaving
+:math:`w_t = v_t - b_t S_{t-1} k_t`, which is the system above.)
+The system is linear in :math:`S_0`, so with :math:`A_{ts} = b_t (\Gamma_{t-1}/\Gamma_s)
+(k_t \cdot k_s)` for :math:`s<t` it is solved once per chunk, for all chunks in parallel,
+
+.. math::
+
+    U = (I + A)^{-1} V, \qquad M = (I + A)^{-1} \operatorname{diag}(b_t \Gamma_{t-1}) K,
+    \qquad W = U - M S_0^\top .
+
+Reads and the carried state are then
+
+.. math::
+
+    o_t = \Gamma_t S_0 q_t + \sum_{s \le t} \frac{\Gamma_t}{\Gamma_s} (k_s \cdot q_t)\, w_s,
+    \qquad
+    S_C = \Gamma_C S_0 + \sum_{s} \frac{\Gamma_C}{\Gamma_s} w_s k_s^\top
+
+(for ``inclusive=False``: strict :math:`s<t` and :math:`\Gamma_{t-1}` in place of
+:math:`\Gamma_t`). Substituting :math:`W` makes both affine in :math:`S_0`; in matrix form,
+with :math:`\tilde K_s = (\Gamma_C/\Gamma_s) k_s`, :math:`\tilde Q_t = \Gamma_t q_t` and
+:math:`P_{ts} = (\Gamma_t/\Gamma_s)(q_t \cdot k_s)` masked to :math:`s \le t`,
+
+.. math::
+
+    S_C^\top = (\Gamma_C I - \tilde K^\top M)\, S_0^\top + \tilde K^\top U, \qquad
+    O = (\tilde Q - P M)\, S_0^\top + P U .
+
+So the only sequential work is the first map, one :math:`D_k \times D_k` by
+:math:`D_k \times D_v` product per chunk; every read is then one batched product with the
+states entering the chunks. With ``b = None`` the system is the identity (:math:`U = V`,
+:math:`M = 0`) and no solve is done: that is chunked (gated) linear attention.
+
+Every ratio :math:`\Gamma_x/\Gamma_s` with :math:`x \ge s` is ``exp(L_x - L_s)`` of a
+non-positive difference of cumulative log-gates, so nothing overflows however strong the
+decay; pairs that a causal mask drops are set to ``-inf`` *before* the ``exp``.
+
+Layout: ``q, k: [B, H, T, Dk]``, ``v: [B, H, T, Dv]``, per-token scalars ``b, log_g:
+[B, H, T]``, state ``[B, H, Dv, Dk]`` (the same orientation as :math:`S` above).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["delta_rule", "naive_delta_rule"]
+
+
+def delta_rule(
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    b: Tensor | None = None,
+    log_g: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    chunk: int = 64,
+    inclusive: bool = True,
+) -> tuple[Tensor | None, Tensor]:
+    """Chunked gated delta rule (see the module docstring for the math).
+
+    Args:
+        q: queries ``[B, H, T, Dk]``, or ``None`` to only advance the state (then ``o`` is None).
+        k: keys ``[B, H, T, Dk]``.
+        v: values ``[B, H, T, Dv]``.
+        b: delta strength per token ``[B, H, T]`` (broadcastable); ``None`` means 0, i.e. plain
+            or gated linear attention, which skips the triangular solve.
+        log_g: log of the decay per token ``[B, H, T]`` (broadcastable), finite and ``<= 0``
+            (any magnitude: only differences are exponentiated); ``None`` means no decay.
+        initial_state: ``[B, H, Dv, Dk]``; ``None`` means zeros.
+        chunk: tokens per chunk (64 was fastest on CPU for D = 64, T = 1024, see
+            ``benchmarks/kernels.py``); the last chunk is padded with identity tokens
+            (``k = v = q = 0``, ``b = 0``, ``g = 1``), which leave the state unchanged.
+        inclusive: read ``S_t q_t`` (True) or ``S_{t-1} q_t`` (False).
+
+    Returns:
+        ``(o [B, H, T, Dv] or None, final_state [B, H, Dv, Dk])``.
+    """
+    batch, heads, length, d_k = k.shape
+    d_v = v.shape[-1]
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    # A chunk longer than the sequence would only add padding work.
+    size = max(1, min(chunk, length))
+    n_chunks = -(-length // size)
+    pad = n_chunks * size - length
+
+    def chunked(x: Tensor) -> Tensor:
+        """[B, H, T, *rest] -> [B, H, N, C, *rest], zero padded at the end of time."""
+        if pad:
+            x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
+        return x.reshape(batch, heads, n_chunks, size, *x.shape[3:])
+
+    k_c = chunked(k)
+    v_c = chunked(v)
+    q_c = chunked(q) if q is not None else None
+    b_c = chunked(b.expand(batch, heads, length)) if b is not None else None
+
+    # Causal masks inside a chunk: rows are the reading token t, columns the written token s.
+    idx = torch.arange(size, device=k.device)
+    strict = idx[:, None] > idx[None, :]  # s < t
+    causal = idx[:, None] >= idx[None, :]  # s <= t
+
+    if log_g is None:
+        decay = None
+    else:
+        decay = _ChunkDecay(chunked(log_g.expand(batch, heads, length)))
+
+    # --- Everything that does not depend on the incoming state, for all chunks at once. ---
+    # The pseudo-values are W = U - M S_0ᵀ (M = None when b = 0).
+    if b_c is None:
+        u, m = v_c, None
+    else:
+        kk = k_c @ k_c.transpose(-1, -2)  # (k_t . k_s)  [B, H, N, C, C]
+        if decay is not None:
+            kk = kk * _masked(decay.prev_minus(), strict)  # Γ_{t-1}/Γ_s, s < t
+        lower = b_c[..., None] * kk  # A_ts; only the strictly lower part is read below
+        start_k = b_c[..., None] * k_c  # the S_0 coefficient of the right-hand side,
+        if decay is not None:  # b_t Γ_{t-1} k_t
+            start_k = start_k * decay.prev_from_start()[..., None]
+        # One solve for both right-hand sides; unitriangular=True ignores the diagonal and
+        # upper part of `lower` and takes 1 on the diagonal, i.e. it solves (I + A) X = R.
+        rhs = torch.cat([v_c, start_k], dim=-1)
+        solved = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
+        u, m = solved[..., :d_v], solved[..., d_v:]
+
+    # Carried state, transposed (Sᵀ: [Dk, Dv]) so every product is a right-multiplication:
+    #   S_Cᵀ = Γ_C S_0ᵀ + K̃ᵀ W = (Γ_C I - K̃ᵀ M) S_0ᵀ + K̃ᵀ U,   K̃_s = (Γ_C/Γ_s) k_s.
+    k_to_end = k_c if decay is None else k_c * decay.end_minus()[..., None]
+    k_to_end = k_to_end.transpose(-1, -2)  # [B, H, N, Dk, C]
+    state_input = k_to_end @ u  # K̃ᵀ U        [B, H, N, Dk, Dv]
+    chunk_decay = None if decay is None else decay.total()[..., None, None]  # Γ_C
+    if m is None:
+        transition = None  # the map is S_0ᵀ -> Γ_C S_0ᵀ (or the identity)
+    else:
+        transition = -(k_to_end @ m)  # -K̃ᵀ M   [B, H, N, Dk, Dk]
+        eye = torch.eye(d_k, dtype=k.dtype, device=k.device)
+        transition = transition + (eye if chunk_decay is None else chunk_decay * eye)
+
+    # --- The only sequential part: one affine map of the state per chunk. ---
+    if initial_state is None:
+        state_t = k.new_zeros(batch, heads, d_k, d_v)
+    else:
+        state_t = initial_state.transpose(-1, -2)
+    # unbind rather than indexing in the loop: the backward of unbind stacks the chunk
+    # gradients once instead of adding a full-size zero tensor per chunk.
+    inputs_n = state_input.unbind(2)
+    transitions_n = transition.unbind(2) if transition is not None else [None] * n_chunks
+    decays_n = chunk_decay.unbind(2) if chunk_decay is not None else [None] * n_chunks
+    entering = []  # Sᵀ entering each chunk
+    for input_, transition_, decay_ in zip(inputs_n, transitions_n, decays_n):
+        entering.append(state_t)
+        if transition_ is not None:
+            state_t = transition_ @ state_t + input_
+        elif decay_ is not None:
+            state_t = decay_ * state_t + input_
+        else:
+            state_t = state_t + input_
+    final_state = state_t.transpose(-1, -2)
+    if q_c is None:
+        return None, final_state
+
+    # --- Reads, for all chunks at once from the states entering them. ---
+    #   O = Q̃ S_0ᵀ + P W = (Q̃ - P M) S_0ᵀ + P U,
+    # Q̃_t = Γ_t q_t and P_ts = (Γ_t/Γ_s)(q_t . k_s) for s <= t (Γ_{t-1} and s < t when
+    # reading before the update).
+    mask = causal if inclusive else strict
+    scores = q_c @ k_c.transpose(-1, -2)  # (q_t . k_s)
+    q_from_state = q_c
+    if decay is None:
+        scores = scores.masked_fill(~mask, 0)
+    else:
+        scores = scores * _masked(decay.read_minus() if inclusive else decay.prev_minus(), mask)
+        q_start = decay.read_from_start() if inclusive else decay.prev_from_start()
+        q_from_state = q_c * q_start[..., None]
+    if m is not None:
+        q_from_state = q_from_state - scores @ m
+    o = q_from_state @ torch.stack(entering, dim=2) + scores @ u  # [B, H, N, C, Dv]
+    return o.reshape(batch, heads, n_chunks * size, d_v)[:, :, :length], final_state
+
+
+class _ChunkDecay:
+    """Cumulative log-gates of each chunk and the (non-positive) differences the kernel needs.
+
+    ``cum[..., t] = L_t = log Γ_t`` (inclusive), ``prev[..., t] = L_{t-1}`` (exclusive cumsum,
+    computed by shifting rather than ``cum - log_g`` so that it is exact).
+    """
+
+    def __init__(self, log_g: Tensor) -> None:
+        self.cum = log_g.cumsum(dim=-1)  # [B, H, N, C]
+        self.prev = F.pad(self.cum[..., :-1], (1, 0))
+
+    def read_minus(self) -> Tensor:
+        """``L_t - L_s`` as a [.., C, C] matrix (log Γ_t/Γ_s), valid where s <= t."""
+        return self.cum[..., :, None] - self.cum[..., None, :]
+
+    def prev_minus(self) -> Tensor:
+        """``L_{t-1} - L_s`` (log Γ_{t-1}/Γ_s), valid where s < t."""
+        return self.prev[..., :, None] - self.cum[..., None, :]
+
+    def read_from_start(self) -> Tensor:
+        """Γ_t."""
+        return self.cum.exp()
+
+    def prev_from_start(self) -> Tensor:
+        """Γ_{t-1}."""
+        return self.prev.exp()
+
+    def end_minus(self) -> Tensor:
+        """Γ_C / Γ_s."""
+        return (self.cum[..., -1:] - self.cum).exp()
+
+    def total(self) -> Tensor:
+        """Γ_C, the decay of the whole chunk."""
+        return self.cum[..., -1].exp()
+
+
+def _masked(log_ratio: Tensor, mask: Tensor) -> Tensor:
+    """``exp(log_ratio)`` where ``mask``, else 0.
+
+    The dropped entries may be large and positive (a later token's cumulative log minus an
+    earlier one's, the wrong way round), so they become ``-inf`` before the ``exp`` instead of
+    being zeroed after it; that keeps both the value and its gradient finite.
+    """
+    return log_ratio.masked_fill(~mask, float("-inf")).exp()
+
+
+def naive_delta_rule(
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    b: Tensor | None = None,
+    log_g: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    chunk: int = 64,
+    inclusive: bool = True,
+) -> tuple[Tensor | None, Tensor]:
+    """Token-by-token reference for :func:`delta_rule` (same signature; ``chunk`` is ignored).
+
+    Literally ``S <- g S - b (S k) kᵀ + v kᵀ`` and ``o = S q`` per token.
+    """
+    batch, heads, length, d_k = k.shape
+    d_v = v.shape[-1]
+    state = k.new_zeros(batch, heads, d_v, d_k) if initial_state is None else initial_state
+    # Per-token slices via unbind, whose backward stacks the gradients once (indexing
+    # would materialise a full-size zero gradient for every token).
+    keys, values = k.unbind(2), v.unbind(2)
+    queries = q.unbind(2) if q is not None else [None] * length
+    ones = k.new_ones(batch, heads, length)
+    gates = (log_g.expand(batch, heads, length).exp() if log_g is not None else ones).unbind(2)
+    strengths = (b.expand(batch, heads, length) if b is not None else 0 * ones).unbind(2)
+    outputs = []
+    for q_t, k_t, v_t, g_t, b_t in zip(queries, keys, values, gates, strengths):
+        before = state
+        state_k = (state @ k_t[..., None])[..., 0]  # S k   [B, H, Dv]
+        state = (
+            g_t[..., None, None] * state
+            - b_t[..., None, None] * state_k[..., :, None] * k_t[..., None, :]
+            + v_t[..., :, None] * k_t[..., None, :]
+        )
+        if q_t is not None:
+            read = state if inclusive else before
+            outputs.append((read @ q_t[..., None])[..., 0])
+    if q is None:
+        return None, state
+    return torch.stack(outputs, dim=2), state
