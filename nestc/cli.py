@@ -247,6 +247,79 @@ def compile_(spec: str = typer.Argument(..., help="a spec file or a built-in nam
     _run(run)
 
 
+# ------------------------------------------------------------------------------------- train
+@app.command()
+def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (e.g. hope)"),
+          out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="the run folder"),
+          steps: Optional[int] = typer.Option(None, help="optimizer steps (default: the spec's)"),
+          minutes: Optional[float] = typer.Option(None, help="stop cleanly after this many minutes"),
+          data: Optional[str] = typer.Option(None, help="a text file or folder (default: the "
+                                                          "embedded corpus, text that ships with Python)"),
+          tokenizer: Optional[str] = typer.Option(None, help="byte (default) or gpt2"),
+          batch: Optional[int] = typer.Option(None, help="sequences per step"),
+          seq_len: Optional[int] = typer.Option(None, "--seq-len", help="tokens per sequence"),
+          lr: Optional[float] = typer.Option(None, help="peak learning rate"),
+          optimizer: Optional[str] = typer.Option(None, help="an optimizer spec: adamw, muon, m3, ..."),
+          eval_every: Optional[int] = typer.Option(None, "--eval-every", help="steps between evaluations"),
+          checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every"),
+          resume: Optional[Path] = typer.Option(None, help="continue from this checkpoint, exactly"),
+          on_nonfinite: Optional[str] = typer.Option(None, "--on-nonfinite", help="stop or skip"),
+          compile_: bool = typer.Option(False, "--compile", help="torch.compile the step"),
+          seed: Optional[int] = typer.Option(None, help="random seed"),
+          set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Train a spec on text: progress, held-out evaluation, metrics log, plot, checkpoints."""
+
+    def run():
+        import nestc
+        from .runtime_cli import train_command
+
+        if on_nonfinite is not None and on_nonfinite not in ("stop", "skip"):
+            raise NestError.at(Pos(file="--on-nonfinite"), f"unknown choice `{on_nonfinite}`",
+                               hint="stop or skip")
+        compiled = nestc.compile(spec, _overrides(set_))
+        flags = dict(steps=steps, max_minutes=minutes, data=data, tokenizer=tokenizer, batch=batch,
+                     seq_len=seq_len, lr=lr, optimizer=optimizer, eval_every=eval_every,
+                     checkpoint_every=checkpoint_every, on_nonfinite=on_nonfinite, seed=seed,
+                     compile=compile_ or None)
+        return train_command(compiled, flags, out, resume, out_console=out, err_console=err_console)
+
+    _run(run)
+
+
+@app.command()
+def generate(checkpoint: Path = typer.Argument(..., help="a checkpoint written by `nestc train`"),
+             prompt: str = typer.Option("", "--prompt", "-p", help="the text to continue"),
+             tokens: int = typer.Option(200, help="tokens to generate"),
+             temperature: float = typer.Option(0.8, help="sampling temperature (0: greedy)"),
+             top_k: int = typer.Option(40, "--top-k", help="sample among the k most likely tokens"),
+             seed: int = typer.Option(0, help="sampling seed")) -> None:
+    """Stream text from a trained model; its memories keep learning as the text arrives."""
+
+    def run():
+        from .runtime_cli import generate_command
+
+        return generate_command(checkpoint, prompt, tokens, temperature, top_k, seed)
+
+    _run(run)
+
+
+@app.command("eval")
+def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint written by `nestc train`"),
+          data: Optional[str] = typer.Option(None, help="a text file or folder (default: the "
+                                                          "checkpoint's own held-out split)"),
+          batch: int = typer.Option(8, help="sequences per batch"),
+          seq_len: Optional[int] = typer.Option(None, "--seq-len", help="tokens per sequence"),
+          max_batches: Optional[int] = typer.Option(None, "--max-batches")) -> None:
+    """Perplexity of a trained model on held-out text."""
+
+    def run():
+        from .runtime_cli import eval_command
+
+        return eval_command(checkpoint, data, batch, seq_len, max_batches, out)
+
+    _run(run)
+
+
 # ------------------------------------------------------------------------------------- schema
 @app.command()
 def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to a file")) -> None:

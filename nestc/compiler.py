@@ -29,6 +29,7 @@ class Compiled:
     source: str
     module: types.ModuleType
     options: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)
 
     @property
     def Model(self):  # noqa: N802 - the generated class
@@ -53,7 +54,9 @@ def compile(spec: str | Path, overrides: dict[str, str] | None = None, *, text: 
     program = resolve_for_compile(loaded, overrides)
     levels = build(program)
     source = generate(program, levels, options)
-    return Compiled(program, levels, source, load_source(source, program.name), options or {})
+    compiled = Compiled(program, levels, source, load_source(source, program.name), options or {})
+    compiled.overrides = dict(overrides or {})
+    return compiled
 
 
 def is_optimizer_spec(loaded) -> bool:

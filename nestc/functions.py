@@ -113,8 +113,11 @@ INIT_FORMS = {
 
 RETENTION_FORMS = {
     "none": _f("none", "", "", "keep everything"),
-    "gate": _f("gate", "a", "", "M <- a * M (a data-dependent gate in [0, 1])"),
-    "decay": _f("decay", "a", "", "M <- (1 - a) * M (Titans' forgetting α_t)"),
+    "gate": _f("gate", "a", "", "M <- a * M (a data-dependent gate in [0, 1]); grad = previous "
+               "(the step's gradient at the state before the gate, Titans) or retained (after it, "
+               "Gated DeltaNet)", grad="previous"),
+    "decay": _f("decay", "a", "", "M <- (1 - a) * M (Titans' forgetting α_t); grad as for gate",
+                grad="previous"),
     "weight_decay": _f("weight_decay", "w", "", "M <- (1 - lr * w) * M (decoupled weight decay)"),
     "proximal": _f("proximal", "w", "", "adds w/2 ||M - M_0||² to the objective (global retention)"),
 }

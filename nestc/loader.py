@@ -98,9 +98,19 @@ class Loaded:
         return out
 
 
+# Where `use NAME` looks before the built-ins: a checkpoint restores its own copies of the
+# specs it was trained from here (nestc/bundle.py), so a newer built-in cannot change it.
+PREFERRED_DIRS: list[Path] = []
+
+
 def _use_path(u: ir.Use, from_path: Path) -> Path:
     if u.is_path:
         return (from_path.parent / u.target)
+    for folder in PREFERRED_DIRS:
+        for suffix in SPEC_SUFFIXES:
+            candidate = folder / f"{u.target}{suffix}"
+            if candidate.is_file():
+                return candidate
     found = builtin_path(u.target)
     if found is not None:
         return found
@@ -139,7 +149,15 @@ def load_text(text: str, file: str, suffix: str = ".nest", base: Path | None = N
 
 
 def _load_rec(path: Path, loaded: Loaded, stack: list[tuple[str, ir.Use]]) -> ir.Spec:
-    key = str(path.resolve())
+    where = stack[-1][1].pos if stack else Pos(file=_display(path))
+    what = f"`use {stack[-1][1].target}`" if stack else "the spec"
+    try:
+        key = str(path.resolve())
+        is_file = path.is_file()
+    except (OSError, ValueError) as err:  # a NUL byte, a name too long for the file system...
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise loaded.sources.attach(NestError.at(where, f"{what}: this path cannot be opened "
+                                                 f"({reason})")) from None
     chain = [k for k, _ in stack]
     if key in chain:
         u = stack[-1][1]
@@ -149,7 +167,9 @@ def _load_rec(path: Path, loaded: Loaded, stack: list[tuple[str, ir.Use]]) -> ir
             "other specs; move the shared parts into a third spec that both use"))
     if key in loaded.specs:
         return loaded.specs[key][0]
-    if not path.is_file():
+    if not is_file:
+        if not stack:
+            raise NestError.at(where, "no such spec file")
         u = stack[-1][1]
         raise loaded.sources.attach(NestError.at(u.pos, f"`use`: no such file `{u.target}`",
                                                  hint="paths are relative to the using spec"))

@@ -42,6 +42,7 @@ class ObjectiveForm:
 class RetentionForm:
     kind: str  # none | gate | general
     factor: ir.Expr | None = None  # M <- factor * M (per token)
+    grad_at: str = "previous"  # the step's gradient before the gate (Titans) or after (GDN)
 
 
 @dataclass
@@ -171,10 +172,11 @@ def retention_form(box: BoxInfo) -> RetentionForm:
     e = box.retention
     if e is None:
         return RetentionForm("none")
+    grad_at = next((k.value.value for k in getattr(e, "kwargs", ()) if k.name == "grad"), "previous")
     if isinstance(e, ir.Call) and e.func == "gate":
-        return RetentionForm("gate", e.args[0])
+        return RetentionForm("gate", e.args[0], grad_at)
     if isinstance(e, ir.Call) and e.func == "decay":
-        return RetentionForm("gate", ir.BinOp(op="-", left=_num(1.0), right=e.args[0]))
+        return RetentionForm("gate", ir.BinOp(op="-", left=_num(1.0), right=e.args[0]), grad_at)
     if isinstance(e, ir.Call) and e.func == "weight_decay":
         lr = box.lr if box.lr is not None else _num(1.0)
         return RetentionForm("gate", ir.BinOp(op="-", left=_num(1.0),
@@ -254,6 +256,7 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
         return None  # the resolver already reported it
     deep_ok = (box.update is None and obj.kind in ("l2", "dot", "lp", "huber", "expr")
                and ret.kind in ("none", "gate") and opt.kind in ("gd", "momentum", "dgd")
+               and (ret.grad_at == "previous" or (box.freq.period == 1 and opt.kind == "gd"))
                and box.freq.inner == 1 and st.form in ("matrix", "mlp"))
     if deep_ok and st.form == "matrix" and box.freq.period == 1 and opt.kind == "gd" and \
             obj.kind in ("l2", "dot") and not lss:

@@ -530,8 +530,11 @@ class Resolver:
             if u not in UNITS and u in self.ns.params and u not in self.values:
                 pass  # a param whose value is wrong: reported there
             elif u not in UNITS:
-                self.err(ev.pos, f"unknown unit `{u}` in `every`",
-                         hint=did_you_mean(u, UNITS) or "units: tokens, steps")
+                hint = did_you_mean(u, UNITS) or "units: tokens, steps"
+                if u in BOX_PROPS:  # `every 64` on its own line, then `state ...`
+                    hint = (f"`every` needs a unit (`every 64 tokens`); without one, the next "
+                            f"word, `{u}`, is read as the unit")
+                self.err(ev.pos, f"unknown unit `{u}` in `every`", hint=hint)
             else:
                 unit = UNITS[u][:-1]
             if n is not None:
@@ -935,13 +938,21 @@ class Resolver:
                 args = self._bind(e, RETENTION_FORMS[e.func], f"`retention {e.func}(...)`")
             except Fail:
                 return None
-            new_args = []
-            for a in args.values():
+            new_args, new_kwargs = [], []
+            for k, a in args.items():
+                if k == "grad":
+                    w = self._word(a)
+                    if w not in ("previous", "retained"):
+                        self.err(a.pos, "`grad` of a retention gate is \"previous\" or \"retained\"")
+                        return None
+                    if w != "previous":
+                        new_kwargs.append(ir.KwArg(name="grad", value=ir.Str(value=w, pos=a.pos), pos=a.pos))
+                    continue
                 folded, ty = self._check_soft(a, env.child(what=f"the retention of box `{info.name}`"))
                 if folded is None:
                     return None
                 new_args.append(folded)
-            return e.model_copy(update={"args": tuple(new_args), "kwargs": ()})
+            return e.model_copy(update={"args": tuple(new_args), "kwargs": tuple(new_kwargs)})
         folded, ty = self._check_soft(e, env.child(what=f"the retention of box `{info.name}`"))
         if folded is None:
             return None
@@ -1262,8 +1273,11 @@ class Resolver:
             return _literal_pos(bool(rt.value), e.pos), const(bool(rt.value))
         l, lt = self.check(e.left, env)
         r, rt = self.check(e.right, env)
-        self._tensor_or_const(lt, e.left.pos, f"`{e.op}`")
-        self._tensor_or_const(rt, e.right.pos, f"`{e.op}`")
+        for ty, side in ((lt, e.left), (rt, e.right)):
+            # a retention or update rule may scale the whole state of an MLP memory, as in
+            # `retention (1 - a) * M`; _join allows per-token scalars only
+            if not (ty.space == "state" and env.scope == "inner"):
+                self._tensor_or_const(ty, side.pos, f"`{e.op}`")
         if lt.space == "const" and rt.space == "const":
             v = self._arith(e.op, lt.value, rt.value, e)
             if self.symbolic_params and not (_is_literal(l) and _is_literal(r)):
@@ -1510,7 +1524,10 @@ class Resolver:
         return out
 
     def _optimizer_spec(self, o: ir.OptimizerUse, group: str) -> OptimizerInfo | None:
-        path = builtin_path(o.name)
+        from .loader import PREFERRED_DIRS
+
+        path = next((d / f"{o.name}.nest" for d in PREFERRED_DIRS if (d / f"{o.name}.nest").is_file()),
+                    None) or builtin_path(o.name)
         if path is None:
             sibling = self.loaded.path.parent / f"{o.name}.nest"
             path = sibling if sibling.is_file() else None

@@ -512,7 +512,18 @@ def _docval(value: Any, node: ir.Documented) -> Any:
 
 
 def _doc(lines: tuple[str, ...]) -> Any:
-    return lines[0] if len(lines) == 1 else list(lines)
+    # one line as a plain string, except an empty one (YAML's `doc: ''` reads as no doc at all)
+    return lines[0] if len(lines) == 1 and lines[0] else list(lines)
+
+
+def _put(d: dict, key: str, value: Any, node: ir.Node, what: str) -> None:
+    """d[key] = value, refusing to overwrite: a YAML mapping holds one value per key, so a .nest
+    spec that gives a property twice (or a property named like a YAML key, `kind`) has no YAML
+    form, and converting it must not silently drop or reinterpret one of them."""
+    if key in d:
+        raise NestError.at(node.pos, f"{what} has `{key}` twice, which YAML cannot hold",
+                           hint="remove one of them (`nestc check` reports this spec too)")
+    d[key] = value
 
 
 def _yaml_keeps(v: float | int) -> bool:
@@ -536,14 +547,22 @@ def _docs_into(d: dict, node: ir.Documented) -> None:
         d["note"] = node.note
 
 
-def _props_into(d: dict, props: tuple[ir.Prop, ...]) -> None:
+def _props_into(d: dict, props: tuple[ir.Prop, ...], what: str, meta: tuple[str, ...]) -> None:
     for p in props:
+        if p.name in meta:  # `box m : weights { kind memory }` must not become a memory box
+            raise NestError.at(p.pos, f"{what} has a property named `{p.name}`, which in YAML "
+                               "means something else", hint=f"`{p.name}` is not a property; "
+                               "`nestc check` reports this spec too")
         if p.name == "context":
-            d.setdefault("context", {})[p.binding] = _docval(_e(p.value), p)
+            _put(d.setdefault("context", {}), p.binding, _docval(_e(p.value), p), p,
+                 f"the context of {what}")
         elif p.name == "every":
-            d["every"] = _docval(f"{expr_str(p.value)} {p.unit}", p)
+            _put(d, "every", _docval(f"{expr_str(p.value)} {p.unit}", p), p, what)
         else:
-            d[p.name] = _docval(_e(p.value), p)
+            _put(d, p.name, _docval(_e(p.value), p), p, what)
+
+
+_BOX_META = ("box", "kind", "like", "when", "doc", "note", "tail_doc")
 
 
 def _box_obj(b: ir.Box) -> dict:
@@ -554,7 +573,7 @@ def _box_obj(b: ir.Box) -> dict:
     if b.when is not None:
         d["when"] = _e(b.when)
     _docs_into(d, b)
-    _props_into(d, b.props)
+    _props_into(d, b.props, f"box `{', '.join(b.names)}`", _BOX_META)
     if b.tail_doc:
         d["tail_doc"] = _doc(b.tail_doc)
     return d
@@ -576,7 +595,9 @@ def spec_to_obj(spec: ir.Spec) -> dict:
                 uses.append(u.target)
         d["use"] = uses
     if spec.params:
-        d["params"] = {p.name: _docval(_e(p.value), p) for p in spec.params}
+        d["params"] = {}
+        for p in spec.params:
+            _put(d["params"], p.name, _docval(_e(p.value), p), p, "the spec")
     if spec.boxes:
         d["boxes"] = [_box_obj(b) for b in spec.boxes]
     if spec.blocks:
@@ -603,7 +624,8 @@ def spec_to_obj(spec: ir.Spec) -> dict:
     if spec.model is not None:
         md: dict[str, Any] = {}
         _docs_into(md, spec.model)
-        _props_into(md, tuple(x for x in spec.model.body if isinstance(x, ir.Prop)))
+        _props_into(md, tuple(x for x in spec.model.body if isinstance(x, ir.Prop)), "the model",
+                    ("layers", "doc", "note", "tail_doc"))
         layers = []
         for r in spec.model.body:
             if isinstance(r, ir.Repeat):
@@ -623,14 +645,17 @@ def spec_to_obj(spec: ir.Spec) -> dict:
             if isinstance(o, ir.OptimizerUse):
                 od: dict[str, Any] = {"name": o.name}
                 if o.args:
-                    od["args"] = {k.name: _e(k.value) for k in o.args}
+                    od["args"] = {}
+                    for k in o.args:
+                        _put(od["args"], k.name, _e(k.value), k, f"optimizer `{o.name}`")
                 if o.on:
                     od["on"] = o.on
                 _docs_into(od, o)
                 opts.append(od)
         if opts:
             td["optimizers"] = opts
-        _props_into(td, tuple(x for x in spec.train.body if isinstance(x, ir.Prop)))
+        _props_into(td, tuple(x for x in spec.train.body if isinstance(x, ir.Prop)),
+                    "the train section", ("optimizers", "doc", "note", "tail_doc"))
         if spec.train.tail_doc:
             td["tail_doc"] = _doc(spec.train.tail_doc)
         d["train"] = td

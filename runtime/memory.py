@@ -175,12 +175,15 @@ def _slice_time(x, s: int, e: int):
     return x[:, :, s:e]
 
 
-def _after_segment(state: dict, n: int, period: int, completes: bool, flush: bool) -> dict:
+def _after_segment(state: dict, n: int, period: int, completes: bool, flush: bool,
+                   recorder=None, name: str = "") -> dict:
     """Advance the offset; at a chunk boundary (or on flush) the running state becomes visible."""
     state = dict(state, offset=(state["offset"] + n) % period, pos=state["pos"] + n)
     if completes or flush:
         state["W"] = state["M"]
         state["offset"] = 0
+        if recorder is not None:  # the cadence audit (eager runs only)
+            recorder(name, state["pos"])
     return state
 
 
@@ -223,6 +226,8 @@ class MemorySettings:
 
 class DeepMemory(nn.Module):
     """A matrix or MLP memory learned chunk by chunk (rule deep_memory_chunked)."""
+
+    recorder = None  # set by nestc.runtime.audit to observe every commit
 
     def __init__(self, settings: MemorySettings):
         super().__init__()
@@ -299,7 +304,8 @@ class DeepMemory(nn.Module):
                 layers = [(a.detach(), d.detach()) for a, d in layers]
             state = self._advance(state, layers, _slice_time(lr, s, e), _slice_time(gate, s, e),
                                   _slice_time(beta, s, e))
-            state = _after_segment(state, e - s, self.s.period, completes, flush and e == T)
+            state = _after_segment(state, e - s, self.s.period, completes, flush and e == T,
+                                   self.recorder, self.s.name)
             if query is not None and self.s.read == "after":
                 outs.append(self.apply(state["M"], query[:, :, s:e]))
             state = self._maybe_reset(state)
@@ -470,7 +476,8 @@ class GeneralMemory(DeepMemory):
                 state = self._token(state, W, t, loss, lr, gate, beta, retain, update, layer_inputs)
                 if query is not None and self.s.read == "after":
                     outs.append(self.apply(state["M"], query[:, :, t:t + 1]))
-            state = _after_segment(state, e - s, self.s.period, completes, flush and e == length)
+            state = _after_segment(state, e - s, self.s.period, completes, flush and e == length,
+                                   self.recorder, self.s.name)
             state = self._maybe_reset(state)
         return (torch.cat(outs, dim=2) if outs else None), state
 
@@ -540,3 +547,41 @@ class GeneralMemory(DeepMemory):
         if new_s:
             new["S"] = new_s
         return new
+
+
+# ---------------------------------------------------------------------------------------------
+# StepMemory: a level that learns across training steps (every C steps)
+# ---------------------------------------------------------------------------------------------
+
+
+class StepMemory(nn.Module):
+    """An MLP level updated every C optimizer steps (rule cms_steps, NL Eq. 71 with steps as time).
+
+    Its weights are ordinary parameters, tagged with their period: the trainer accumulates their
+    gradients -- the backprop error of the model's loss (values lss, objective dot(M(k), v),
+    NL Eq. 31) -- for C steps and applies them with the optimizer only then. The state of a
+    sequence does not change it, so its reads need no chunking and no first pass.
+    """
+
+    def __init__(self, settings: MemorySettings):
+        super().__init__()
+        self.s = settings
+        shape = settings.shape
+        ws = []
+        for i in range(shape.layers):
+            d_in, d_out = shape.dims[i], shape.dims[i + 1]
+            std = 1.0 / math.sqrt(d_in)
+            if shape.residual and i == shape.layers - 1:
+                std = settings.init_std
+            w = nn.Parameter(torch.randn(settings.heads, d_out, d_in) * std)
+            w._nest_period = settings.period  # read by nestc.runtime.train.partition
+            ws.append(w)
+        self.weights = nn.ParameterList(ws)
+
+    def initial_state(self, batch: int) -> dict:
+        return {}
+
+    def forward(self, query: Tensor) -> Tensor:
+        ws = [w.unsqueeze(0).expand(query.shape[0], *w.shape) for w in self.weights]
+        return mlp_apply(self.s.shape, ws, query)
+

@@ -231,6 +231,16 @@ class NestOptimizer(torch.optim.Optimizer):
                 cache[k].fill_(v)
         return cache
 
+    def compile_steps(self, **kwargs) -> "NestOptimizer":
+        """torch.compile each schedule variant on its own (fullgraph): the variant is picked in
+        Python and every variant's inputs are tensors, so nothing recompiles as steps advance."""
+        import torch as _torch
+
+        for i in range(len(getattr(self, "VARIANTS", ()))):
+            name = f"_update_{i}"
+            setattr(self, name, _torch.compile(getattr(self, name), fullgraph=True, **kwargs))
+        return self
+
     def _steps(self, params: list[Tensor]) -> Tensor:
         """The shared step counter (a float64 0-d tensor: no recompiles as it advances)."""
         return self.state[params[0]]["step"]

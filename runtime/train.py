@@ -37,44 +37,70 @@ def partition(model: nn.Module) -> dict[str, list[nn.Parameter]]:
         skip.add(id(head.weight))
     matrices, rest = [], []
     for p in model.parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or getattr(p, "_nest_period", 1) > 1:
             continue
         (matrices if p.ndim == 2 and id(p) not in skip else rest).append(p)
     return {"all": matrices + rest, "matrices": matrices, "rest": rest}
 
 
-class MultiOptimizer(torch.optim.Optimizer):
-    """Several optimizers over disjoint parameter groups (Muon/M3 on matrices + AdamW on the
-    rest), behaving as one: step, zero_grad, param_groups (for schedules), state dicts."""
+def slow_params(model: nn.Module) -> dict[int, list[nn.Parameter]]:
+    """Parameters of levels that learn every C steps (rule cms_steps), by period C."""
+    out: dict[int, list[nn.Parameter]] = {}
+    for p in model.parameters():
+        period = getattr(p, "_nest_period", 1)
+        if p.requires_grad and period > 1:
+            out.setdefault(period, []).append(p)
+    return out
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
-        self.optimizers = optimizers
-        self.param_groups = [g for o in optimizers for g in o.param_groups]
+
+class LevelOptimizer(torch.optim.Optimizer):
+    """The optimizers of a model's levels behaving as one torch optimizer.
+
+    Each entry is (optimizer, period): the per-step optimizers (period 1; e.g. Muon/M3 on the
+    matrices and AdamW on the rest) step every step; a level that learns every C steps (NL Eq. 71)
+    keeps accumulating gradients and steps -- and only then clears them -- every C steps."""
+
+    def __init__(self, entries: list[tuple[torch.optim.Optimizer, int]]):
+        self.entries = entries
+        self.optimizers = [o for o, _ in entries]
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
         self.defaults = {}
         self.state = {}
+        self.steps = 0
+
+    def due(self, period: int) -> bool:
+        return (self.steps + 1) % period == 0
 
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for o in self.optimizers:
-            o.step()
+        for opt, period in self.entries:
+            if period == 1 or self.due(period):
+                opt.step()
+        self.steps += 1
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=set_to_none)
+        for opt, period in self.entries:
+            if period == 1 or self.steps % period == 0:  # a slow level just stepped (or has not begun)
+                opt.zero_grad(set_to_none=set_to_none)
+
+    def levels_due(self) -> dict[int, bool]:
+        return {period: self.due(period) for _, period in self.entries}
 
     def state_dict(self) -> dict:
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+        return {"steps": self.steps, "optimizers": [o.state_dict() for o in self.optimizers]}
 
     def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)
 
 
 def make_optimizer(compiled, model: nn.Module, override: str | None = None,
-                   settings: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+                   settings: dict[str, Any] | None = None) -> LevelOptimizer:
     """The train section's optimizers (or `override`, an optimizer spec such as "m3") over the
-    model's parameter groups. An optimizer for matrices only (Muon, M3) gets AdamW for the rest."""
+    model's parameter groups. An optimizer for matrices only (Muon, M3) gets AdamW for the rest;
+    levels that learn every C steps get an optimizer of their own, of the kind the rest uses."""
     entries = list(compiled.module.OPTIMIZERS)
     if override is not None:
         import nestc
@@ -86,15 +112,21 @@ def make_optimizer(compiled, model: nn.Module, override: str | None = None,
     if not entries:
         raise ValueError(f"{compiled.program.name} has no optimizer: give its train section one")
     groups = partition(model)
-    built: list[torch.optim.Optimizer] = []
+    built: list[tuple[torch.optim.Optimizer, int]] = []
     taken: set[int] = set()
+
+    def settings_for(cls, defaults):
+        return {k: v for k, v in {**defaults, **(settings or {})}.items() if k in cls.HYPERPARAMETERS}
+
     for _name, group, cls, defaults in entries:
-        kw = {k: v for k, v in {**defaults, **(settings or {})}.items() if k in cls.HYPERPARAMETERS}
         params = [p for p in groups["all" if group == "rest" else group] if id(p) not in taken]
         taken |= {id(p) for p in params}
         if params:
-            built.append(cls(params, **kw))
-    return built[0] if len(built) == 1 else MultiOptimizer(built)
+            built.append((cls(params, **settings_for(cls, defaults)), 1))
+    _name, _group, cls, defaults = entries[-1]
+    for period, params in sorted(slow_params(model).items()):
+        built.append((cls(params, **settings_for(cls, defaults)), period))
+    return LevelOptimizer(built)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -340,7 +340,11 @@ class BlockGen:
             target = self._target_stream(ref)
             self.line(f"{out}, state[{key!r}] = self.{ref.attr}(state[{key!r}], query={q}, keys={k}, "
                       f"values={target}, lr={lr}, gate={gate})")
-        elif plan.rule in ("deep_memory_chunked", "cms_steps"):
+        elif plan.rule == "cms_steps":
+            if loop_update:
+                return out  # it learns across steps: nothing to do inside a sequence
+            self.line(f"{out} = self.{ref.attr}({q})  # learns every {b.freq.period} steps (the trainer applies it)")
+        elif plan.rule == "deep_memory_chunked":
             target = self._target(ref)
             grad = self._out_grad(ref)
             call = (f"self.{ref.attr}(state[{key!r}], keys={k}, target={target}, lr={lr}, gate={gate}, "

@@ -75,9 +75,7 @@ def constructor(b: BoxInfo, plan: BoxPlan, in_width: int | None) -> str:
     if rule in ("delta_rule_chunked", "linear_attn_chunked"):
         obj = plan.objective
         kind = "l2" if rule == "delta_rule_chunked" else "dot"
-        grad_at = "previous"
-        if b.retention is not None and isinstance(b.retention, ir.Call):
-            grad_at = _kw_literal(next((k.value for k in b.retention.kwargs if k.name == "grad"), None), "previous")
+        grad_at = plan.retention.grad_at if plan.retention is not None else "previous"
         return (f"mem.DeltaMemory({b.heads}, {b.state.d_in}, {b.state.d_out}, {kind!r}, "
                 f"{obj.scale!r}, init={b.init[0]!r}, read={b.read!r}, grad_at={grad_at!r})")
     if rule == "deep_memory_chunked":

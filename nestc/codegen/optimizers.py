@@ -188,7 +188,8 @@ class OptimizerGen:
         return "\n".join(lines)
 
     def _variant(self, index: int, active: tuple[str, ...], hp: list[str]) -> list[str]:
-        lines = [f"    def _update_{index}(self, W, grads, states, step, hp):",
+        lines = ["    @torch.no_grad()",
+                 f"    def _update_{index}(self, W, grads, states, step, hp):",
                  f'        """A step at which {", ".join(active)} update{"s" if len(active) == 1 else ""}."""']
         for k in hp:
             lines.append(f"        {py_name(k)} = hp[{k!r}]")

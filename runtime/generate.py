@@ -1,0 +1,66 @@
+"""Test-time use of a trained model: streaming generation (its memories keep learning as the
+text arrives, NL §6) and perplexity on a text."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+
+from .context import Ctx
+from .model import sequence_loss
+from .train import make_loss_fns, signals
+
+
+@torch.no_grad()
+def stream_tokens(model, prompt_ids: list[int], max_tokens: int, temperature: float = 0.8,
+                  top_k: int = 40, seed: int = 0) -> Iterator[int]:
+    """Yield sampled token ids one at a time.
+
+    The prompt goes through once with targets known, so memories that learn from the model's
+    loss (local surprise signals) learn the prompt; every memory keeps its state from token to
+    token, and memories that learn from the tokens themselves (Titans, Hope) keep learning from
+    the generated text too. The last chunk of the prompt is committed (flushed), so a prompt
+    shorter than a memory's chunk still teaches it."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.tensor([prompt_ids], dtype=torch.long)
+    fns = make_loss_fns(model)
+    lss = {}
+    if model.lss_sites() and ids.shape[1] > 1:
+        with torch.enable_grad():
+            lss = signals(model, fns, ids[:, :-1], ids[:, 1:])
+        lss = {k: torch.cat([v, torch.zeros_like(v[:, :1])], 1) for k, v in lss.items()}
+    zeros = {k: torch.zeros(1, ids.shape[1], w) for k, w in model.lss_sites()}
+    logits, state = model(ids, ctx=Ctx(lss=lss or zeros, flush=True))
+    step_lss = {k: torch.zeros(1, 1, w) for k, w in model.lss_sites()}
+    for _ in range(max_tokens):
+        nxt = sample(logits[0, -1], temperature, top_k, gen)
+        yield nxt
+        logits, state = model(torch.tensor([[nxt]]), state, Ctx(lss=step_lss))
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        cut = torch.topk(logits, top_k).values[-1]
+        logits = torch.where(logits < cut, torch.full_like(logits, -math.inf), logits)
+    probs = torch.softmax(logits, -1)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def perplexity(model, data, batch: int, seq_len: int, max_batches: int | None = None) -> dict:
+    """Mean next-token loss and perplexity over the held-out part of `data`."""
+    fns = make_loss_fns(model)
+    total, n = 0.0, 0
+    for x, y in data.eval_batches(batch, seq_len, max_batches=max_batches):
+        with torch.enable_grad():
+            lss = signals(model, fns, x, y)
+        with torch.no_grad():
+            logits, _ = model(x, ctx=Ctx(lss=lss))
+            total += float(sequence_loss(logits, y))
+        n += x.shape[0]
+    loss = total / max(n, 1)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50)), "sequences": n, "tokens": n * seq_len}
