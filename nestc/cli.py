@@ -320,6 +320,57 @@ def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint written by `
     _run(run)
 
 
+# ------------------------------------------------------------------------------------- bench
+@app.command()
+def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name"),
+          batch: Optional[int] = typer.Option(None, help="sequences per step (default: the spec's)"),
+          seq_len: Optional[int] = typer.Option(None, "--seq-len", help="tokens per sequence"),
+          warmup: int = typer.Option(2, help="untimed steps after the first"),
+          iters: int = typer.Option(5, help="timed steps"),
+          threads: int = typer.Option(2, help="torch threads"),
+          no_compile: bool = typer.Option(False, "--no-compile", help="eager only"),
+          json_out: Optional[Path] = typer.Option(None, "--json", help="also write the results here"),
+          set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Time a spec's full training step: eager and compiled, tokens/s, compile time, memory."""
+
+    def run():
+        import json as _json
+
+        from rich.table import Table
+
+        from .atomic import write_text_atomic
+        from .runtime.bench import bench as run_bench
+        from .resolve import resolve_ref
+
+        overrides = _overrides(set_)
+        program = resolve_ref(spec, overrides)
+        b = batch or int(program.train.get("batch", 4))
+        t = seq_len or int(program.train.get("seq_len", 128))
+        res = run_bench(spec, overrides, b, t, warmup, iters, threads, compile=not no_compile)
+        m = res["machine"]
+        out.print(f"[bold]nestc bench {spec}[/]  batch {b} × seq {t} = {b * t} tokens/step, "
+                  f"{iters} timed steps after {warmup + 1} warm-up")
+        out.print(f"{m['cpu']} | {m['threads']} threads | torch {m['torch']} | python {m['python']} "
+                  f"| nestc {m['nestc']}")
+        table = Table(header_style="bold")
+        for col in ("mode", "step ms (median)", "tokens/s", "compile cold s", "compile warm s",
+                    "peak RSS MB", "params"):
+            table.add_column(col, justify="right" if col != "mode" else "left")
+        eager = res["rows"][0]
+        for r in res["rows"]:
+            table.add_row(r["mode"], f"{r['median_s'] * 1e3:.1f}", f"{r['tokens_per_s']:,.0f}",
+                          f"{r.get('compile_cold_s', 0):.1f}" if r["mode"] == "compiled" else "—",
+                          f"{r.get('compile_warm_s', 0):.1f}" if r["mode"] == "compiled" else "—",
+                          f"{r['peak_rss_mb']:,.0f}", f"{r['params']:,}")
+        out.print(table)
+        if len(res["rows"]) > 1:
+            out.print(f"compiled / eager speed-up: {eager['median_s'] / res['rows'][1]['median_s']:.2f}×")
+        if json_out:
+            write_text_atomic(json_out, _json.dumps(res, indent=2) + "\n")
+
+    _run(run)
+
+
 # ------------------------------------------------------------------------------------- schema
 @app.command()
 def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to a file")) -> None:

@@ -29,6 +29,17 @@ INNER_NAMES = {"k", "v", "q", "lr", "M", "step", "lss", "in"}
 
 
 @dataclass
+class Fused:
+    """Sibling memories generated as one stacked memory."""
+
+    members: list[BoxRef]
+    attr: str | None = None
+    built: bool = False
+    outs: dict[str, str] | None = None
+    in_var: str | None = None
+
+
+@dataclass
 class Unit:
     """A piece of the schedule: one statement, or a loop over a group of statements and boxes."""
 
@@ -39,7 +50,8 @@ class Unit:
 
 class BlockGen:
     def __init__(self, program: Program, block: BlockInfo, plans: dict[str, BoxPlan],
-                 classes: dict[str, str]):
+                 classes: dict[str, str], options: dict | None = None):
+        self.options = options or {}
         self.p = program
         self.block = block
         self.plans = plans
@@ -56,6 +68,7 @@ class BlockGen:
         self.ind = "        "
         self.site_cache: dict = {}
         self.stream_counts: dict = {}
+        self.fusion: dict[str, "Fused"] = {}
         self._emitters: list[ExprEmitter] = []
         for q in block.boxes:
             b = program.boxes[q]
@@ -228,9 +241,11 @@ class BlockGen:
         ref = self.refs[name]
         b = ref.info
         arg_expr = c.args[-1]
+        if in_loop and name in self.fusion and self.fusion[name].outs is not None:
+            return self.fusion[name].outs[name]  # read together with its siblings already
         arg = em.emit(arg_expr)
         in_width = self.p.type_of(arg_expr).width
-        if not hasattr(ref, "ctor"):
+        if not hasattr(ref, "ctor") and not (in_loop and name in self.fusion):
             ref.ctor = constructor(b, ref.plan, in_width)  # type: ignore[attr-defined]
             self.inits.append(f"# {header_comment(b, ref.plan)}")
             self.inits.append(f"self.{ref.attr} = {ref.ctor}")
@@ -242,6 +257,8 @@ class BlockGen:
             out = f"{name}_out"
             self.line(f"{out}, state[{ref.state_key!r}] = self.{ref.attr}({in_var}, state[{ref.state_key!r}]{pre})")
             return out
+        if in_loop and name in self.fusion:
+            return self._read_fused(self.fusion[name], name, in_var, names)
         if in_loop:
             q = self._query(ref, names, in_var)
             out = f"{name}_out"
@@ -504,19 +521,29 @@ class BlockGen:
         # the loop's pieces follow the chunks of its fastest memory (attention keeps no chunk)
         memories = [r for r in boxes if r.info.kind != "attention"]
         anchor = min(memories, key=lambda r: r.info.freq.period)
+        self.fusion = self._fusion_groups(stmts, boxes)
+        anchor_key = self.fusion[anchor.info.name].attr if anchor.info.name in self.fusion else anchor.state_key
         self.line(f"{'_parts, '.join(outs)}_parts = " + ", ".join("[]" for _ in outs))
         self.line(f"for s, e in R.segment_bounds(x.shape[1], {unit.period}, "
-                  f"state[{anchor.state_key!r}]['offset']):")
+                  f"state[{anchor_key!r}]['offset']):")
         outer_ind = self.ind
         self.ind += "    "
         inner = {k: (f"{v}[:, s:e]" if v.isidentifier() else v) for k, v in names.items()}
         for st in stmts:
             self.statement(st, inner, in_loop=True)
+        done_groups = set()
         for ref in boxes:
             if ref.info.kind == "attention":
                 continue  # its read already advanced its cache
+            group = self.fusion.get(ref.info.name)
+            if group is not None:
+                if id(group) not in done_groups:
+                    done_groups.add(id(group))
+                    self._update_fused(group, inner)
+                continue
             in_var = getattr(ref, "loop_in", None)
             self._process(ref, inner, in_var, loop_update=True)
+        self.fusion = {}
         for o in outs:
             self.line(f"{o}_parts.append({o})")
         self.ind = outer_ind
@@ -524,6 +551,93 @@ class BlockGen:
             self.line(f"{o} = torch.cat({o}_parts, dim=1)")
         for st in stmts:
             names[st.target] = py_name(st.target) if st.is_let else "x"
+
+    # -- sibling memories run as one --
+    def _fusion_groups(self, stmts: list[Statement], boxes: list[BoxRef]) -> dict[str, "Fused"]:
+        """Memories declared together (`box a, b : memory {...}`) that a loop reads once each with
+        the same input are independent copies with shared keys, rates and gates: they run as one
+        memory with their heads stacked (the same arithmetic in a quarter of the operations for
+        Hope's M_k, M_v, M_eta, M_alpha)."""
+        if not self.options.get("fuse", True):
+            return {}
+        reads: dict[str, list] = {}
+        for st in stmts:
+            for call, box in self._box_reads(st.value):
+                reads.setdefault(box, []).append(ir.strip_positions(call.args[-1]))
+        by_key: dict = {}
+        for ref in boxes:
+            b, plan = ref.info, ref.plan
+            if plan.rule != "deep_memory_chunked" or b.query is not None or len(reads.get(b.name, [])) != 1:
+                continue
+            key = (b.pos.file, b.pos.line, b.pos.col, b.freq, b.heads, plan.lss,
+                   repr(reads[b.name][0]),
+                   repr([ir.strip_positions(getattr(b, f)) for f in BOX_FIELDS if getattr(b, f) is not None]))
+            by_key.setdefault(key, []).append(ref)
+        out: dict[str, Fused] = {}
+        for members in by_key.values():
+            if len(members) > 1:
+                group = Fused(members, attr=self.sites.new("box_" + "_".join(m.info.name for m in members)))
+                for m in members:
+                    out[m.info.name] = group
+        return out
+
+    def _read_fused(self, group: "Fused", name: str, in_var: str, names: dict[str, str]) -> str:
+        lead = group.members[0]
+        b = lead.info
+        n = len(group.members)
+        if not group.built:
+            import copy
+
+            group.built = True
+            stacked = copy.copy(b)
+            stacked.heads = b.heads * n
+            stacked.name = "_".join(m.info.name for m in group.members)
+            ctor = constructor(stacked, lead.plan, None)
+            self.inits.append(f"# boxes {', '.join(m.info.name for m in group.members)} "
+                              f"({b.pos.file}:{b.pos.line}) share a declaration and their input: "
+                              f"{n} memories stacked as {stacked.heads} heads")
+            self.inits.append(f"self.{group.attr} = {ctor}")
+            self.state_lines.append(f"{group.attr!r}: self.{group.attr}.initial_state(batch)")
+            for m in group.members:
+                m.ctor = ctor  # type: ignore[attr-defined]  (generated: as part of the stack)
+        if group.outs is None:
+            outs = [f"{m.info.name}_out" for m in group.members]
+            self.line(f"{', '.join(outs)} = (R.merge_heads(part) for part in self.{group.attr}.read("
+                      f"state[{group.attr!r}], R.heads({in_var}, {b.heads}).repeat(1, {n}, 1, 1))"
+                      f".chunk({n}, dim=1))")
+            group.outs = dict(zip((m.info.name for m in group.members), outs))
+            group.in_var = in_var
+        return group.outs[name]
+
+    def _update_fused(self, group: "Fused", names: dict[str, str]) -> None:
+        lead = group.members[0]
+        b = lead.info
+        n = len(group.members)
+        g = self._generators(lead, names, group.in_var, with_query=False)
+        rep = lambda v: f"R.heads({v}, {b.heads}).repeat(1, {n}, 1, 1)"  # noqa: E731
+        rep_t = lambda v: f"R.per_head({v}, {b.heads}).repeat(1, {n}, 1)"  # noqa: E731
+        lead_attr = lead.attr
+        lead.attr = group.attr  # the stacked module applies the stacked weights
+        values_m = b.values is not None and _mentions_m(b.values)
+        if values_m:
+            fn = f"{group.attr}_target"
+            hnames = {k: f"{rep(v)}[:, :, s:e]" for k, v in lead.gen.items()}
+            em = ExprEmitter(self.p, self.sites, self.inits, hnames, "heads", where=fn)
+            em.call_hook = lambda c: (f"self.{group.attr}.apply(W, {em.emit(c.args[0])})"
+                                      if c.func == "M" else None)
+            self.line(f"def {fn}(W, s, e):  # self-generated values of each stacked memory (NL Eq. 84)")
+            self.line(f"    return {em.emit(b.values)}")
+            target = fn
+        else:
+            target = rep(self._target_stream(lead).removeprefix("R.heads(").rsplit(",", 1)[0])
+        grad = self._out_grad(lead)
+        lead.attr = lead_attr
+        lr = rep_t(g["lr"]) if "lr" in g else "1.0"
+        gate = rep_t(g["gate"]) if "gate" in g else "None"
+        beta = rep_t(g["beta"]) if "beta" in g else "None"
+        self.line(f"_, state[{group.attr!r}] = self.{group.attr}(state[{group.attr!r}], "
+                  f"keys={rep(g['k'])}, target={target}, lr={lr}, gate={gate}, beta={beta}, "
+                  f"query=None, out_grad={grad}, flush=False)")
 
     # -- the class --
     def generate(self) -> str:

@@ -54,7 +54,7 @@ def generate(program: Program, levels: LevelGraph, options: dict | None = None) 
         # sub-blocks before the blocks that call them
         for q in sorted(program.blocks, key=lambda q: (-q.count("."), q)):
             body.append("")
-            body.append(BlockGen(program, program.blocks[q], plans, classes).generate())
+            body.append(BlockGen(program, program.blocks[q], plans, classes, options).generate())
         body += ["", _model_class(program, classes)]
     opts = []
     for o in program.optimizers:
