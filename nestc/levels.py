@@ -205,7 +205,7 @@ def build(program: Program, errors: Collector | None = None) -> LevelGraph:
                 continue
             _add_ref_edge(g, target, q, role, stop, program.boxes[target])
         if outer is not None and b.kind == "memory":
-            if b.init[0] == "meta":
+            if b.init[0] == "meta" and b.in_context:  # a level of every N steps keeps its weights
                 g.add_edge(outer, q, kind="meta-init", timing="previous", grad="backprop",
                            label="meta-learned init")
             if any(n.id == "lss" for e in [b.values, *b.contexts.values()] if e is not None

@@ -226,7 +226,7 @@ class Resolver:
             if e.id in self.ns.params:
                 return lookup(e.id, e.pos)
             quote_hint = None
-            if e.pos.file.startswith("--set "):  # `--set cms_unit=steps` meant the string
+            if e.pos.file.startswith("--set "):  # `--set mid_unit=steps` meant the string
                 quote_hint = (f"a string needs double quotes: --set {e.pos.file[6:]}="
                               f"'\"{e.id}\"'")
             self.fail(e.pos, f"unknown name `{e.id}` in {what}",

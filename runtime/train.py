@@ -169,12 +169,48 @@ class LossFns:
 
 
 def make_loss_fns(model: nn.Module, compile: bool = False, **compile_kw) -> LossFns:
-    main = lambda x, y, lss: forward_loss(model, x, y, lss)  # noqa: E731
-    probe = lambda x, y, p: probe_loss(model, x, y, p)  # noqa: E731
-    if compile:
-        main = torch.compile(main, fullgraph=True, **compile_kw)
-        probe = torch.compile(probe, fullgraph=True, **compile_kw)
+    """The two passes of a training step, eager or compiled.
+
+    Compiled, each layer runs through one torch.compile'd function (fullgraph) that takes the
+    layer module as an argument: all layers of one class share a single graph (their parameters
+    are the graph's inputs), so compile time is that of one layer, not of the whole stack. The
+    first pass and the real pass are separate compiled functions, so neither recompiles."""
+    if not compile:
+        return LossFns(lambda x, y, lss: forward_loss(model, x, y, lss),
+                       lambda x, y, p: probe_loss(model, x, y, p))
+    run_main = _compiled_layer(probing=False, **compile_kw)
+    run_probe = _compiled_layer(probing=True, **compile_kw)
+    head = torch.compile(_head_loss, fullgraph=True, **compile_kw)
+
+    def main(x, y, lss):
+        return head(model, _layers(model, run_main, model.embed(x), lss), y) / x.shape[0]
+
+    def probe(x, y, probes):
+        return head(model, _layers(model, run_probe, model.embed(x), probes), y)
+
     return LossFns(main, probe)
+
+
+def _compiled_layer(probing: bool, **compile_kw):
+    def run(layer: nn.Module, h: Tensor, signals_: dict[str, Tensor]) -> Tensor:
+        out, _ = layer(h, layer.initial_state(h.shape[0]), Ctx(probing=probing, lss=signals_))
+        return out
+
+    return torch.compile(run, fullgraph=True, **compile_kw)
+
+
+def _layers(model: nn.Module, run: Callable, h: Tensor, lss: dict[str, Tensor]) -> Tensor:
+    for i, layer in enumerate(model.layers):
+        # keys relative to the layer ("0.<box>"), so the compiled graph does not depend on i
+        mine = {"0." + k.split(".", 1)[1]: v for k, v in lss.items() if k.split(".", 1)[0] == str(i)}
+        h = run(layer, h, mine)
+    return h
+
+
+def _head_loss(model: nn.Module, h: Tensor, targets: Tensor) -> Tensor:
+    h = model.norm(h)
+    logits = h @ model.embed.weight.t() if model.tie_embeddings else model.head(h)
+    return sequence_loss(logits, targets)
 
 
 def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor) -> dict[str, Tensor]:

@@ -9,12 +9,14 @@ from nestc.runtime.audit import record_commits
 from nestc.runtime.context import Ctx
 
 SMALL = {"n_layers": "2", "d_model": "32", "heads": "2"}
+IN_CONTEXT = {"c_fast": "4", "c_mid": "16", "c_slow": "64", "mid_unit": '"tokens"', "slow_unit": '"tokens"'}
 
 
 @pytest.mark.parametrize("chunks", [(4, 16, 64), (2, 6, 12), (1, 8, 32)])
 def test_each_cms_level_commits_every_c_tokens(chunks):
     fast, mid, slow = chunks
-    compiled = nestc.compile("cms", dict(SMALL, c_fast=str(fast), c_mid=str(mid), c_slow=str(slow)))
+    compiled = nestc.compile("cms", dict(SMALL, c_fast=str(fast), c_mid=str(mid), c_slow=str(slow),
+                                         mid_unit='"tokens"', slow_unit='"tokens"'))
     model = compiled.model()
     t = 75
     x = torch.randint(0, 256, (2, t))
@@ -30,7 +32,7 @@ def test_each_cms_level_commits_every_c_tokens(chunks):
 
 def test_streamed_commits_keep_their_cadence():
     """Fed in uneven pieces, a level still commits at multiples of its chunk size."""
-    model = nestc.compile("cms", SMALL).model()
+    model = nestc.compile("cms", dict(SMALL, **IN_CONTEXT)).model()
     x = torch.randint(0, 256, (1, 70))
     signals = {k: torch.randn(1, 70, w) * 1e-2 for k, w in model.lss_sites()}
     state = model.initial_state(1)
@@ -48,7 +50,7 @@ def test_streamed_commits_keep_their_cadence():
 def test_a_commit_changes_the_level():
     """After the first chunk a level reads its updated state: its output differs from what the
     initial state gives for the same input."""
-    model = nestc.compile("cms", SMALL).model()
+    model = nestc.compile("cms", dict(SMALL, **IN_CONTEXT)).model()
     x = torch.randint(0, 256, (1, 8))
     signals = {k: torch.randn(1, 8, w) for k, w in model.lss_sites()}
     _, state = model(x, ctx=Ctx(lss=signals))

@@ -77,9 +77,9 @@ def test_check_of_a_missing_file(tmp_path):
 def test_graph_prints_levels():
     proc = nestc("graph", "hope")
     assert proc.returncode == 0, proc.stderr
-    for i in range(1, 7):
+    for i in range(1, 8):
         assert f"level {i} " in proc.stdout
-    assert "level 7 " not in proc.stdout
+    assert "level 8 " not in proc.stdout
     assert "every 64 tokens" in proc.stdout and "every 8 tokens" in proc.stdout
 
 
@@ -107,7 +107,7 @@ def test_graph_unknown_format():
 
 
 def test_graph_with_set_override():
-    proc = nestc("graph", "cms", "--set", "c_mid=64", "--format", "json")
+    proc = nestc("graph", "cms", "--set", "c_mid=32", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     levels = [lv["boxes"] for lv in json.loads(proc.stdout)["levels"]]
     assert ["attention_cms_layer.cms_sequential.cms_mid",
@@ -212,7 +212,7 @@ def test_set_without_a_value():
 
 
 def test_set_of_an_unquoted_string_suggests_quotes():
-    proc = nestc("check", "cms", "--set", "cms_unit=steps")
+    proc = nestc("check", "cms", "--set", "mid_unit=steps")
     assert proc.returncode == 2
     assert "a string needs double quotes" in proc.stderr
     assert "1 error" in proc.stderr  # and no cascade of "unknown unit" errors

@@ -72,57 +72,66 @@ def test_linear_attention_memory_is_the_fastest_level():
 
 
 def test_cms_levels_follow_chunk_sizes_and_attention_is_fastest():
+    # NL Fig. 5's frequencies: the mid and low-frequency levels learn across steps, above the
+    # per-step weights; the high-frequency level learns in context
     lg = graph("cms")
+    assert lg.levels == [[f"{CMS}.cms_slow"], [f"{CMS}.cms_mid"], ["adamw.W"], ["adamw.m", "adamw.v"],
+                         [f"{CMS}.cms_fast"], ["attention_cms_layer.attn"]]
+    assert [freq(lg, f"{CMS}.{b}") for b in ("cms_slow", "cms_mid", "cms_fast")] == \
+        [("step", 32), ("step", 2), ("token", 16)]
+    assert lg.graph.nodes["attention_cms_layer.attn"]["unit"] == "inf"
+
+
+def test_cms_levels_in_tokens_are_ordered_by_chunk_size():
+    lg = graph("cms", mid_unit='"tokens"', slow_unit='"tokens"', c_mid="32", c_slow="64")
     assert lg.levels == [["adamw.W"], ["adamw.m", "adamw.v"], [f"{CMS}.cms_slow"],
                          [f"{CMS}.cms_mid"], [f"{CMS}.cms_fast"], ["attention_cms_layer.attn"]]
-    assert [freq(lg, f"{CMS}.{b}")[1] for b in ("cms_slow", "cms_mid", "cms_fast")] == [64, 16, 4]
-    assert lg.graph.nodes["attention_cms_layer.attn"]["unit"] == "inf"
 
 
 def test_hope_levels():
     lg = graph("hope")
     assert as_sets(lg) == [
+        {f"{CMS_IN_HOPE}.cms_slow"},
+        {f"{CMS_IN_HOPE}.cms_mid"},
         {"adamw.W"},
         {"adamw.m", "adamw.v"},
-        {f"{SMT}.memory", f"{CMS_IN_HOPE}.cms_slow"},
-        {f"{CMS_IN_HOPE}.cms_mid"},
-        {f"{SMT}.M_k", f"{SMT}.M_v", f"{SMT}.M_eta", f"{SMT}.M_alpha"},
+        {f"{SMT}.memory"},
         {f"{CMS_IN_HOPE}.cms_fast"},
+        {f"{SMT}.M_k", f"{SMT}.M_v", f"{SMT}.M_eta", f"{SMT}.M_alpha"},
     ]
-    assert [freq(lg, lv[0]) for lv in lg.levels[2:]] == \
-        [("token", 64), ("token", 16), ("token", 8), ("token", 4)]
+    assert [freq(lg, lv[0]) for lv in lg.levels[4:]] == [("token", 64), ("token", 16), ("token", 8)]
     assert lg.graph.nodes[f"{SMT}.M_k"]["count"] == 4  # one per layer
 
 
 def test_hope_adaptive_q_adds_M_q_to_the_8_token_level():
     lg = graph("hope", adaptive_q="true")
-    assert f"{SMT}.M_q" in lg.levels[4]
-    assert set(lg.levels[4]) == {f"{SMT}.M_{n}" for n in ("k", "v", "q", "eta", "alpha")}
+    assert f"{SMT}.M_q" in lg.levels[6]
+    assert set(lg.levels[6]) == {f"{SMT}.M_{n}" for n in ("k", "v", "q", "eta", "alpha")}
     assert f"{SMT}.M_q" not in graph("hope").graph
 
 
 def test_hope_chunk_size_override_moves_the_memory():
     lg = graph("hope", c_memory="16")
-    assert {f"{SMT}.memory", f"{CMS_IN_HOPE}.cms_mid"} in as_sets(lg)
-    assert as_sets(lg)[2] == {f"{CMS_IN_HOPE}.cms_slow"}
+    assert {f"{SMT}.memory", f"{CMS_IN_HOPE}.cms_fast"} in as_sets(lg)
+    assert len(lg.levels) == 6
 
 
 def test_cms_override_merges_mid_and_slow():
-    lg = graph("cms", c_mid="64")
-    assert as_sets(lg)[2] == {f"{CMS}.cms_mid", f"{CMS}.cms_slow"}
+    lg = graph("cms", c_mid="32")
+    assert as_sets(lg)[0] == {f"{CMS}.cms_mid", f"{CMS}.cms_slow"}
     assert len(lg.levels) == 5
 
 
 def test_cms_overrides_that_do_not_nest_are_an_error():
     with pytest.raises(NestError) as err:
-        graph("cms", c_mid="24")
+        graph("cms", mid_unit='"tokens"', c_mid="24")
     assert [d.message for d in err.value.diagnostics] == [
-        f"chunk sizes do not nest: `{CMS}.cms_slow` updates every 64 tokens and "
-        f"`{CMS}.cms_mid`, which it exchanges data with, every 24 tokens"]
+        f"chunk sizes do not nest: `{CMS}.cms_mid` updates every 24 tokens and "
+        f"`{CMS}.cms_fast`, which it exchanges data with, every 16 tokens"]
 
 
 def test_cms_in_steps_moves_cms_to_the_optimizer_levels():
-    lg = graph("cms", cms_unit='"steps"', c_fast="1", c_mid="2", c_slow="4")
+    lg = graph("cms", fast_unit='"steps"', c_fast="1", c_mid="2", c_slow="4")
     assert [freq(lg, f"{CMS}.{b}") for b in ("cms_slow", "cms_mid", "cms_fast")] == \
         [("step", 4), ("step", 2), ("step", 1)]
     assert lg.levels[0] == [f"{CMS}.cms_slow"]
@@ -146,9 +155,13 @@ def test_hope_memories_are_meta_initialised_by_the_weights():
     for box in ("memory", "M_k", "M_v", "M_eta", "M_alpha"):
         kinds = {d["kind"] for d in edges(lg, "adamw.W", f"{SMT}.{box}")}
         assert "meta-init" in kinds, box
-    for box in ("cms_fast", "cms_mid", "cms_slow"):
+    # the in-context CMS level starts each sequence from a meta-learned state; the levels that
+    # learn across steps keep their weights, so only the local surprise signal connects them
+    kinds = {d["kind"] for d in edges(lg, "adamw.W", f"{CMS_IN_HOPE}.cms_fast")}
+    assert kinds == {"meta-init", "generation"}
+    for box in ("cms_mid", "cms_slow"):
         kinds = {d["kind"] for d in edges(lg, "adamw.W", f"{CMS_IN_HOPE}.{box}")}
-        assert kinds == {"meta-init", "generation"}, box  # and the local surprise signal
+        assert kinds == {"generation"}, box
 
 
 def test_cms_chain_is_connected_by_backprop():

@@ -1,0 +1,121 @@
+"""`nestc bench SPEC`: how fast a spec's full training step is, eager and compiled.
+
+One row per mode: median step time over timed steps after warm-up, tokens/s, and peak resident
+memory. Compile time is measured in fresh processes: "cold" with an empty inductor cache (what a
+first run pays), "warm" with the cache the cold run left (what every later run pays). The machine,
+thread count and versions are printed with the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import nestc
+
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "nestc": nestc.__version__}
+
+
+def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, seed: int = 0):
+    """One full training step of the spec (two-pass loss when it has lss boxes, backward, clip,
+    optimizer step), on random byte tokens; returns (step function, model)."""
+    import nestc
+    from nestc.runtime.train import make_loss_fns, make_optimizer, signals
+
+    torch.manual_seed(seed)
+    compiled = nestc.compile(spec, overrides)
+    model = compiled.model(vocab=256)
+    optimizer = make_optimizer(compiled, model)
+    fns = make_loss_fns(model, compile=compile)
+    gen = torch.Generator().manual_seed(seed)
+
+    def step():
+        x = torch.randint(0, 256, (batch, seq_len), generator=gen)
+        y = torch.randint(0, 256, (batch, seq_len), generator=gen)
+        loss = fns.main(x, y, signals(model, fns, x, y))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    return step, model
+
+
+def time_steps(step, warmup: int, iters: int) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    step()  # the first call: includes compilation when compiled
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        step()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return first, times
+
+
+def measure(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, warmup: int,
+            iters: int) -> dict:
+    step, model = build_step(spec, overrides, batch, seq_len, compile)
+    first, times = time_steps(step, warmup, iters)
+    med = statistics.median(times)
+    return {"mode": "compiled" if compile else "eager", "first_step_s": first, "median_s": med,
+            "min_s": min(times), "max_s": max(times), "tokens_per_s": batch * seq_len / med,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def _child(args: dict) -> dict:
+    """Run `measure` in a fresh Python process (for memory and compile-time isolation)."""
+    env = dict(os.environ)
+    if args.get("cache_dir"):
+        env["TORCHINDUCTOR_CACHE_DIR"] = args["cache_dir"]
+    code = ("import json, sys, torch; from nestc.runtime.bench import measure; "
+            "a = json.loads(sys.argv[1]); torch.set_num_threads(a['threads']); "
+            "print(json.dumps(measure(a['spec'], a['overrides'], a['batch'], a['seq_len'], "
+            "a['compile'], a['warmup'], a['iters'])))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
+                         text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "benchmark failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, iters: int,
+          threads: int, compile: bool = True) -> dict:
+    base = dict(spec=spec, overrides=overrides, batch=batch, seq_len=seq_len, warmup=warmup,
+                iters=iters, threads=threads)
+    rows = [_child(dict(base, compile=False))]
+    if compile:
+        with tempfile.TemporaryDirectory(prefix="nestc-inductor-") as cache:
+            cold = _child(dict(base, compile=True, cache_dir=cache))
+            warm = _child(dict(base, compile=True, cache_dir=cache))
+        cold["compile_cold_s"] = cold["first_step_s"] - cold["median_s"]
+        cold["compile_warm_s"] = warm["first_step_s"] - warm["median_s"]
+        rows.append(cold)
+    torch.set_num_threads(threads)
+    return {"spec": spec, "overrides": overrides, "batch": batch, "seq_len": seq_len,
+            "warmup": warmup, "iters": iters, "machine": machine(), "rows": rows}
