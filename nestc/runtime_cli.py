@@ -78,6 +78,9 @@ def train_command(compiled, flags: dict, out: Path, resume: Path | None, out_con
     cfg = settings_from(compiled.program, {k: v for k, v in flags.items() if v is not None})
     if cfg.steps < 1 or cfg.batch < 1 or cfg.seq_len < 2:
         raise NestError.at(Pos(file="nestc train"), "steps and batch must be ≥ 1 and seq-len ≥ 2")
+    if cfg.lr is not None and not (0 < cfg.lr < 3e38):  # NaN fails both comparisons
+        raise NestError.at(Pos(file="--lr"), f"the learning rate must be a positive finite number, "
+                           f"got {cfg.lr}", hint="for example --lr 1e-3")
     if resume is not None and not Path(resume).exists():
         raise NestError.at(Pos(file=str(resume)), "no such checkpoint",
                            hint="resume from a run folder's last.safetensors")
@@ -110,7 +113,8 @@ def train_command(compiled, flags: dict, out: Path, resume: Path | None, out_con
     ev = summary["eval"]
     if ev:
         err_console.print(f"held-out loss {ev['loss']:.4f} (ppl {ev['ppl']:.2f}) at step {ev['step']}")
-    err_console.print(f"checkpoint {summary['checkpoint']}\nmetrics    {summary['metrics']}\n"
+    ckpt = summary["checkpoint"] or "none written (the run stopped before its first checkpoint)"
+    err_console.print(f"checkpoint {ckpt}\nmetrics    {summary['metrics']}\n"
                       f"plot       {summary['plot']}")
     return 1 if summary["stopped"] and "non-finite" in summary["stopped"] else 0
 
@@ -128,10 +132,13 @@ def generate_command(checkpoint: Path, prompt: str, tokens: int, temperature: fl
     for nxt in stream_tokens(model, ids, tokens, temperature, top_k, seed):
         pending.append(nxt)
         text = tok.decode(pending)
-        if "\ufffd" not in text:  # wait for a complete UTF-8 character before printing
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            pending = []
+        # wait for the rest of a UTF-8 character cut at the end (at most 4 tokens); a token that
+        # can never complete one (an invalid byte) is printed as it is, or nothing would stream
+        if text.endswith("\ufffd") and len(pending) < 4:
+            continue
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        pending = []
     if pending:
         sys.stdout.write(tok.decode(pending))
     sys.stdout.write("\n")

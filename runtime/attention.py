@@ -68,7 +68,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=ok)
         if self.window:  # a window needs only its last window-1 keys to continue
             keep = self.window - 1
-            hist_k, hist_v = hist_k[:, :, hist_k.shape[2] - keep:], hist_v[:, :, hist_v.shape[2] - keep:]
+            hist_k, hist_v = hist_k[:, :, max(0, hist_k.shape[2] - keep):], hist_v[:, :, max(0, hist_v.shape[2] - keep):]
         return merge_heads(y), dict(state, k=hist_k, v=hist_v, pos=pos0 + t)
 
     def _segmented(self, q, k, v, prefix, positions, state):

@@ -4,7 +4,7 @@ text arrives, NL §6) and perplexity on a text."""
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -15,14 +15,20 @@ from .train import make_loss_fns, signals
 
 @torch.no_grad()
 def stream_tokens(model, prompt_ids: list[int], max_tokens: int, temperature: float = 0.8,
-                  top_k: int = 40, seed: int = 0) -> Iterator[int]:
+                  top_k: int = 40, seed: int = 0,
+                  on_state: Callable[[int, list[dict[str, Any]]], None] | None = None) -> Iterator[int]:
     """Yield sampled token ids one at a time.
 
     The prompt goes through once with targets known, so memories that learn from the model's
     loss (local surprise signals) learn the prompt; every memory keeps its state from token to
     token, and memories that learn from the tokens themselves (Titans, Hope) keep learning from
     the generated text too. The last chunk of the prompt is committed (flushed), so a prompt
-    shorter than a memory's chunk still teaches it."""
+    shorter than a memory's chunk still teaches it.
+
+    `on_state(n, state)`, when given, sees the model's state (one dict per layer: each memory's
+    committed weights `W`, its running state, its offset in the current chunk, ...) after the
+    prompt (n = 0) and after each generated token has gone through the model (n = 1, 2, ...),
+    so a caller can watch the memories learn at test time."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.tensor([prompt_ids], dtype=torch.long)
     fns = make_loss_fns(model)
@@ -33,11 +39,15 @@ def stream_tokens(model, prompt_ids: list[int], max_tokens: int, temperature: fl
         lss = {k: torch.cat([v, torch.zeros_like(v[:, :1])], 1) for k, v in lss.items()}
     zeros = {k: torch.zeros(1, ids.shape[1], w) for k, w in model.lss_sites()}
     logits, state = model(ids, ctx=Ctx(lss=lss or zeros, flush=True))
+    if on_state is not None:
+        on_state(0, state)
     step_lss = {k: torch.zeros(1, 1, w) for k, w in model.lss_sites()}
-    for _ in range(max_tokens):
+    for n in range(1, max_tokens + 1):
         nxt = sample(logits[0, -1], temperature, top_k, gen)
         yield nxt
         logits, state = model(torch.tensor([[nxt]]), state, Ctx(lss=step_lss))
+        if on_state is not None:
+            on_state(n, state)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator) -> int:

@@ -92,6 +92,10 @@ class ShortConv(nn.Module):
         weight[:, -1] = 1.0  # identity at initialisation: the current token only
         self.weight = nn.Parameter(weight)
 
+    def initial_state(self, batch: int) -> Tensor:
+        """No history yet: W-1 zero inputs."""
+        return self.weight.new_zeros(batch, self.window - 1, self.weight.shape[0])
+
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return short_conv(x, self.weight, None, state)
 

@@ -292,6 +292,8 @@ class DeepMemory(nn.Module):
         with the committed state, or the updated one for `read after` at period 1).
         """
         T = keys.shape[2]
+        if self._can_scan(state, T, flush):
+            return self._scan(state, keys, target, lr, gate, beta, query, out_grad)
         outs = []
         for s, e, completes in segments(T, self.s.period, state["offset"]):
             W = state["W"]
@@ -311,6 +313,62 @@ class DeepMemory(nn.Module):
             state = self._maybe_reset(state)
         out = torch.cat(outs, dim=2) if outs else None
         return out, state
+
+    # -- the chunk loop as one traced body (torch.compile) --
+    def _can_scan(self, state: dict, T: int, flush: bool) -> bool:
+        """Under torch.compile, a stream of whole chunks from a chunk boundary runs as a scan: the
+        loop body is traced once instead of once per chunk (compile time and run time both drop
+        several fold). Eager runs keep the plain loop, which also serves the audit recorder,
+        flushes and resets."""
+        return (torch.compiler.is_compiling() and state["offset"] == 0 and T % self.s.period == 0
+                and T // self.s.period > 1 and not flush and self.recorder is None
+                and not (isinstance(self.s.reset, int) and not isinstance(self.s.reset, bool))
+                and self.s.read == "before")
+
+    def _scan(self, state, keys, target, lr, gate, beta, query, out_grad):
+        from torch._higher_order_ops.scan import scan
+
+        b, h, T = keys.shape[:3]
+        c = self.s.period
+
+        def chunks(x):  # [B, H, T, ...] -> [T/C, B, H, C, ...] (constants pass through)
+            if not torch.is_tensor(x):
+                return None
+            return x.reshape(b, h, T // c, c, *x.shape[3:]).movedim(2, 0)
+
+        xs = {"k": chunks(keys), "t": None if callable(target) else chunks(target),
+              "lr": chunks(lr), "gate": chunks(gate), "beta": chunks(beta),
+              "q": chunks(query)}
+        xs = {k: v for k, v in xs.items() if v is not None}
+        momentum = "S" in state
+
+        def body(carry, x):
+            W = list(carry["W"])
+            tgt = target(W, 0, c) if callable(target) else x["t"]
+            _, layers = mlp_layer_grads(self.s.shape, W, x["k"], lambda p: out_grad(p, tgt, 0, c))
+            if self.s.grad == "stop":
+                layers = [(a.detach(), d.detach()) for a, d in layers]
+            st = {"W": W, "M": W, "offset": 0, "pos": 0}
+            if momentum:
+                st["S"] = list(carry["S"])
+            st = self._advance(st, layers, x.get("lr", lr), x.get("gate"), x.get("beta", beta))
+            # fresh contiguous tensors: scan's carry must not alias its input and must keep the
+            # initial layout (the DGD kernel returns transposed states)
+            new = {"W": [m.clone(memory_format=torch.contiguous_format) for m in st["M"]]}
+            if momentum:
+                new["S"] = [v.clone(memory_format=torch.contiguous_format) for v in st["S"]]
+            y = self.apply(W, x["q"]).clone() if "q" in x else torch.zeros((), dtype=keys.dtype)
+            return new, y
+
+        init = {"W": [w.contiguous() for w in state["W"]]}
+        if momentum:
+            init["S"] = [v.contiguous() for v in state["S"]]
+        final, ys = scan(body, init, xs)
+        new_state = dict(state, W=final["W"], M=final["W"], pos=state["pos"] + T)
+        if momentum:
+            new_state["S"] = final["S"]
+        out = ys.movedim(0, 2).reshape(b, h, T, -1) if query is not None else None
+        return out, new_state
 
     def _maybe_reset(self, state: dict) -> dict:
         r = self.s.reset

@@ -65,3 +65,65 @@ def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int
     from .memory import segments
 
     return [(s, e) for s, e, _ in segments(length, period, offset)]
+
+
+SCAN = True  # experiment switch
+
+
+def chunk_loop(body, state: dict, inputs: dict, period: int, anchor: str, carried: list[str],
+               scannable: bool, flush: bool = False):
+    """Run a block's chunk loop: `body(state, piece, flush) -> (state, outputs)` over pieces of
+    the stream cut at the anchor memory's chunk boundaries; returns (state, outputs
+    concatenated). A flushed call commits its memories' partial chunks at its last piece.
+
+    Under torch.compile, a stream of whole chunks from a chunk boundary runs as a scan, so the
+    body is traced once rather than once per chunk. `scannable` (decided by the code generator)
+    says that every memory of the loop commits at each piece and the carried state keeps its
+    shapes; eager runs always take the plain loop."""
+    from .memory import segments
+
+    t = next(iter(inputs.values())).shape[1]
+    offset = state[anchor]["offset"]
+    if (scannable and SCAN and not flush and torch.compiler.is_compiling() and offset == 0 and t % period == 0
+            and t // period > 1):
+        return _scan_loop(body, state, inputs, period, carried)
+    parts: dict[str, list] = {}
+    for s, e, _ in segments(t, period, offset):
+        state, out = body(state, {k: v[:, s:e] for k, v in inputs.items()}, flush and e == t)
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v)
+    return state, {k: torch.cat(v, dim=1) for k, v in parts.items()}
+
+
+def _scan_loop(body, state: dict, inputs: dict, period: int, carried: list[str]):
+    from torch._higher_order_ops.scan import scan
+    from torch.utils import _pytree as pytree
+
+    t = next(iter(inputs.values())).shape[1]
+    n = t // period
+    leaves, spec = pytree.tree_flatten({k: state[k] for k in carried})
+    is_t = [torch.is_tensor(x) for x in leaves]
+    static = [None if i else x for x, i in zip(leaves, is_t)]
+
+    def rebuild(tensors):
+        it = iter(tensors)
+        return pytree.tree_unflatten([next(it) if i else s for i, s in zip(is_t, static)], spec)
+
+    def chunks(x):  # [B, T, ...] -> [T/P, B, P, ...]
+        return x.reshape(x.shape[0], n, period, *x.shape[2:]).movedim(1, 0)
+
+    def step(carry, piece):
+        st, out = body(dict(state, **rebuild(carry)), piece, False)
+        new = [x.clone(memory_format=torch.contiguous_format)
+               for x, i in zip(pytree.tree_leaves({k: st[k] for k in carried}), is_t) if torch.is_tensor(x)]
+        return new, {k: v.clone(memory_format=torch.contiguous_format) for k, v in out.items()}
+
+    # fresh copies: two carried leaves may be one tensor (a memory's W and M between chunks)
+    init = [x.clone(memory_format=torch.contiguous_format) for x in leaves if torch.is_tensor(x)]
+    final, ys = scan(step, init, {k: chunks(v) for k, v in inputs.items()})
+    new_state = dict(state, **rebuild(final))
+    for k in carried:  # memories advanced t tokens; whole chunks leave them on a boundary
+        if isinstance(new_state[k], dict) and "pos" in new_state[k]:
+            new_state[k] = dict(new_state[k], pos=state[k]["pos"] + t, offset=0)
+    outs = {k: v.movedim(0, 1).reshape(v.shape[1], t, *v.shape[3:]) for k, v in ys.items()}
+    return new_state, outs

@@ -60,8 +60,12 @@ class LevelOptimizer(torch.optim.Optimizer):
     matrices and AdamW on the rest) step every step; a level that learns every C steps (NL Eq. 71)
     keeps accumulating gradients and steps -- and only then clears them -- every C steps."""
 
-    def __init__(self, entries: list[tuple[torch.optim.Optimizer, int]]):
+    def __init__(self, entries: list[tuple[torch.optim.Optimizer, int]],
+                 boxes: dict[str, int] | None = None):
         self.entries = entries
+        # "optimizer.box" -> period in steps, for the optimizer specs in use (what a metrics log
+        # reports as updated): the train section's, or those of an --optimizer override
+        self.boxes = dict(boxes or {})
         self.optimizers = [o for o, _ in entries]
         self.param_groups = [g for o in self.optimizers for g in o.param_groups]
         self.defaults = {}
@@ -94,6 +98,9 @@ class LevelOptimizer(torch.optim.Optimizer):
         self.steps = int(state["steps"])
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)
+        # torch's load_state_dict replaces each optimizer's param-group dicts: point at the new
+        # ones, or a schedule setting `lr` here would no longer reach the optimizers
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
 
 
 def make_optimizer(compiled, model: nn.Module, override: str | None = None,
@@ -102,13 +109,18 @@ def make_optimizer(compiled, model: nn.Module, override: str | None = None,
     model's parameter groups. An optimizer for matrices only (Muon, M3) gets AdamW for the rest;
     levels that learn every C steps get an optimizer of their own, of the kind the rest uses."""
     entries = list(compiled.module.OPTIMIZERS)
+    infos = list(compiled.program.optimizers)
     if override is not None:
         import nestc
 
-        entries = list(nestc.compile(override).module.OPTIMIZERS)
+        chosen = nestc.compile(override)
+        entries = list(chosen.module.OPTIMIZERS)
+        infos = list(chosen.program.optimizers)
         if [e[1] for e in entries] == ["matrices"]:
-            entries += list(nestc.compile("adamw").module.OPTIMIZERS)
+            rest = nestc.compile("adamw")
+            entries += list(rest.module.OPTIMIZERS)
             entries[-1] = (entries[-1][0], "rest", entries[-1][2], entries[-1][3])
+            infos += list(rest.program.optimizers)
     if not entries:
         raise ValueError(f"{compiled.program.name} has no optimizer: give its train section one")
     groups = partition(model)
@@ -126,7 +138,8 @@ def make_optimizer(compiled, model: nn.Module, override: str | None = None,
     _name, _group, cls, defaults = entries[-1]
     for period, params in sorted(slow_params(model).items()):
         built.append((cls(params, **settings_for(cls, defaults)), period))
-    return LevelOptimizer(built)
+    boxes = {f"{info.name}.{name}": b.freq.period for info in infos for name, b in info.boxes.items()}
+    return LevelOptimizer(built, boxes)
 
 
 # ---------------------------------------------------------------------------------------------

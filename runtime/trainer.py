@@ -21,6 +21,7 @@ from torch import nn
 from nestc.diagnostics import NestError, Pos
 
 from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from .context import Ctx
 from .data import prepare_corpus
 from .metrics import MetricsLog, plot_metrics
 from .tokenizers import get_tokenizer, tokenizer_from_config
@@ -53,10 +54,14 @@ class TrainConfig:
 
 
 class NonFinite(Exception):
-    def __init__(self, where: str, step: int):
+    """A NaN/Inf in step `step` (numbered as the train records are: the step being taken).
+    `undoable` is False once the update has been applied: skipping cannot take it back."""
+
+    def __init__(self, where: str, step: int, undoable: bool = True):
         super().__init__(f"non-finite value in {where} at step {step}")
         self.where = where
         self.step = step
+        self.undoable = undoable
 
 
 def settings_from(program, overrides: dict[str, Any]) -> TrainConfig:
@@ -82,6 +87,22 @@ def owner_of(name: str) -> str:
         where = f"layer {parts[1]}"
         return f"{where}, box {box}" if box else f"{where}, {'.'.join(parts[2:])}"
     return name
+
+
+def described(name: str) -> str:
+    """`name (layer N, box B)`, or the bare name when it says nothing more."""
+    owner = owner_of(name)
+    return name if owner == name else f"{name} ({owner})"
+
+
+def _nonfinite_in(x: Any) -> bool:
+    if torch.is_tensor(x):
+        return x.is_floating_point() and x.numel() > 0 and not bool(torch.isfinite(x).all())
+    if isinstance(x, dict):
+        return any(_nonfinite_in(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return any(_nonfinite_in(v) for v in x)
+    return False
 
 
 class Trainer:
@@ -127,6 +148,11 @@ class Trainer:
         meta = self.checkpoint_meta()
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(self._opt_tensors)
+        # levels of every C steps sum their gradients over C steps (NL Eq. 71): a checkpoint taken
+        # between two of their updates holds the partial sums, or a resume would lose them
+        for name, p in self.model.named_parameters():
+            if getattr(p, "_nest_period", 1) > 1 and p.grad is not None:
+                tensors[f"grad.{name}"] = p.grad
         save_checkpoint(path, tensors, meta)
 
     def restore(self, path: Path) -> None:
@@ -149,6 +175,15 @@ class Trainer:
         opt_state = unflatten_state({k: v for k, v in tensors.items() if k.startswith("optim.")},
                                     meta["optimizer"])
         self.optimizer.load_state_dict(opt_state)
+        params = dict(self.model.named_parameters())
+        for k, g in tensors.items():
+            if k.startswith("grad.") and k[len("grad."):] in params:
+                p = params[k[len("grad."):]]
+                if g.shape != p.shape:
+                    raise NestError.at(where, "this checkpoint's model does not match the spec as it is now",
+                                       hint="the spec or its --set overrides changed since the checkpoint; "
+                                            "resume with the same spec and settings")
+                p.grad = g.to(dtype=p.dtype).clone()
         self.step = int(meta["step"])
         self.tokens_seen = int(meta.get("tokens_seen", 0))
         torch.set_rng_state(torch.tensor(meta["rng"], dtype=torch.uint8))
@@ -163,7 +198,7 @@ class Trainer:
     def _check_grads(self) -> None:
         for name, p in self.model.named_parameters():
             if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise NonFinite(f"the gradient of {name} ({owner_of(name)})", self.step)
+                raise NonFinite(f"the gradient of {described(name)}", self.step + 1)
 
     def train_step(self) -> dict[str, Any]:
         x, y = self.data.batch(self.step, self.cfg.batch, self.cfg.seq_len, seed=self.cfg.seed)
@@ -173,27 +208,66 @@ class Trainer:
         lss = signals(self.model, self.fns, x, y)
         for k, s in lss.items():
             if not torch.isfinite(s).all():
-                raise NonFinite(f"the local surprise signal of {k}", self.step)
+                layer, _, box = k.partition(".")
+                raise NonFinite(f"the local surprise signal of layer {layer}, box {box}"
+                                + self._origin(x, Ctx(probing=True, lss={k: torch.zeros_like(v)
+                                                                         for k, v in lss.items()})),
+                                self.step + 1)
         loss = self.fns.main(x, y, lss)
         if not torch.isfinite(loss):
-            raise NonFinite("the training loss", self.step)
+            raise NonFinite("the training loss" + self._origin(x, Ctx(lss=lss)), self.step + 1)
+        slow = {p: p.grad.clone() for p in self.model.parameters()
+                if getattr(p, "_nest_period", 1) > 1 and p.grad is not None}
         loss.backward()
-        self._check_grads()
+        try:
+            self._check_grads()
+        except NonFinite:
+            # a skipped step must not leave its NaNs in the gradient sums of the levels of
+            # every C steps: give them back the sums they had before this step
+            for p in self.model.parameters():
+                if getattr(p, "_nest_period", 1) > 1:
+                    p.grad = slow.get(p)
+            raise
         gnorm = torch.nn.utils.clip_grad_norm_(self._clip_params(), self.cfg.clip) if self.cfg.clip else None
         due = self.optimizer.levels_due()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         for name, p in self.model.named_parameters():
             if not torch.isfinite(p).all():  # an inner rule or the optimizer blew up
-                raise NonFinite(f"the parameter {name} ({owner_of(name)}) after the update", self.step)
+                raise NonFinite(f"the parameter {described(name)} after the update", self.step + 1,
+                                undoable=False)
         elapsed = time.perf_counter() - start
         n_tok = x.numel()
         self.step += 1
         self.tokens_seen += n_tok
-        return {"step": self.step, "kind": "train", "loss": float(loss), "ppl": math.exp(min(float(loss), 50)),
+        loss = float(loss.detach())
+        return {"step": self.step, "kind": "train", "loss": loss, "ppl": math.exp(min(loss, 50)),
                 "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": n_tok / elapsed,
                 "grad_norm": float(gnorm) if gnorm is not None else None,
                 "levels_updated": self.levels_updated(due), "tokens": self.tokens_seen}
+
+    @torch.no_grad()
+    def _origin(self, x, ctx: Ctx) -> str:
+        """Where a non-finite forward value first appears: the first module (in the order they
+        finish) whose output or new state holds a NaN/Inf. Runs the pass again, on failure only."""
+        found: list[str] = []
+        names = {m: n for n, m in self.model.named_modules() if n}
+
+        def hook(module, _inputs, output):
+            if not found and _nonfinite_in(output):
+                found.append(names[module])
+
+        handles = [m.register_forward_hook(hook) for m in names]
+        rng = torch.get_rng_state()
+        try:
+            self.model(x, ctx=ctx)
+        except Exception:  # a diagnosis only: never mask the error being reported
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+            torch.set_rng_state(rng)
+        return f" (first non-finite output: {described(found[0])})" if found else ""
 
     def _clip_params(self):
         """The per-step parameters. Levels that learn every C steps keep accumulating their
@@ -213,9 +287,10 @@ class Trainer:
                 out[q] = t // b.freq.period
             elif b.freq.unit == "step":
                 out[q] = int(bool(due.get(b.freq.period, False)))
-        for opt in self.compiled.program.optimizers:
-            for name, b in opt.boxes.items():
-                out[f"{opt.name}.{name}"] = int(self.step % b.freq.period == 0)
+        # the optimizers in use (an --optimizer override's, not the train section's), on their
+        # own step count (steps skipped for non-finite values do not advance it)
+        for name, period in self.optimizer.boxes.items():
+            out[name] = int(self.optimizer.steps % period == 0)
         return out
 
     @torch.no_grad()
@@ -252,15 +327,21 @@ class Trainer:
                     record = self.train_step()
                 except NonFinite as bad:
                     self.optimizer.zero_grad(set_to_none=True)
-                    self.log.write({"step": self.step, "kind": "nonfinite", "where": bad.where,
-                                    "action": self.cfg.on_nonfinite})
-                    if self.cfg.on_nonfinite == "skip":
+                    action = self.cfg.on_nonfinite if bad.undoable else "stop"
+                    self.log.write({"step": bad.step, "kind": "nonfinite", "where": bad.where,
+                                    "action": action})
+                    if action == "skip":
                         self.step += 1
                         if self.progress:
                             self.progress({"kind": "nonfinite", "where": bad.where, "step": self.step})
                         continue
-                    stopped = f"non-finite value in {bad.where} at step {bad.step}; stopped " \
-                              "(--on-nonfinite skip would skip such steps)"
+                    if bad.undoable:
+                        stopped = f"non-finite value in {bad.where} at step {bad.step}; stopped " \
+                                  "(--on-nonfinite skip would skip such steps)"
+                    else:
+                        stopped = f"non-finite value in {bad.where} at step {bad.step}; stopped: " \
+                                  "the update was already applied, so the step cannot be skipped " \
+                                  "(lower the learning rate and resume from the last checkpoint)"
                     break
                 if self.step % self.cfg.log_every == 0:
                     self.log.write(record)
@@ -292,7 +373,8 @@ class Trainer:
         except NestError:
             pass
         return {"step": self.step, "stopped": stopped, "eval": last_eval,
-                "checkpoint": str(self.run_dir / "last.safetensors"),
+                "checkpoint": str(self.run_dir / "last.safetensors")
+                if (self.run_dir / "last.safetensors").is_file() else None,
                 "metrics": str(self.run_dir / "metrics.jsonl"), "plot": str(self.run_dir / "curves.png")}
 
 

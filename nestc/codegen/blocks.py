@@ -11,6 +11,8 @@ whole stretch in one call (its own chunking happens inside the runtime).
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -70,6 +72,7 @@ class BlockGen:
         self.stream_counts: dict = {}
         self.fusion: dict[str, "Fused"] = {}
         self._emitters: list[ExprEmitter] = []
+        self.loops = 0
         for q in block.boxes:
             b = program.boxes[q]
             attr = self.sites.new(f"box_{b.name}")
@@ -352,7 +355,7 @@ class BlockGen:
         beta = f"R.per_head({g['beta']}, {h})" if "beta" in g else "None"
         key = ref.state_key
         out = f"{b.name}_out"
-        flush = "False" if loop_update else "ctx.flush"
+        flush = "flush" if loop_update else "ctx.flush"  # in a loop: its last piece of a flushed call
         if plan.rule in ("delta_rule_chunked", "linear_attn_chunked"):
             target = self._target_stream(ref)
             self.line(f"{out}, state[{key!r}] = self.{ref.attr}(state[{key!r}], query={q}, keys={k}, "
@@ -506,13 +509,18 @@ class BlockGen:
         names[st.target] = target
 
     def _conv_state(self, key: str) -> None:
-        line = f"{key!r}: None"
+        # a stream through a short conv carries its last window-1 inputs (zeros at the start)
+        line = f"{key!r}: self.{key.split('@')[0]}.initial_state(batch)"
         if line not in self.state_lines:
             self.state_lines.append(line)
 
     def loop(self, unit: Unit, names: dict[str, str]) -> None:
+        """Emit a chunk loop as a function of (state, one piece of the stream) handed to
+        `R.chunk_loop`, which runs it piece by piece (eager) or as one scan (torch.compile)."""
         stmts = [self.block.statements[i] for i in unit.stmts]
         boxes = [self.refs[n] for n in unit.boxes]
+        self.loops += 1
+        fn = f"chunk_loop_{self.loops}" if self.loops > 1 else "chunk_loop"
         self.comment(f"boxes {', '.join(r.info.name for r in boxes)} depend on one another through "
                      f"time: they run together, {unit.period} token(s) at a time, each read at its "
                      "chunk-start state")
@@ -523,12 +531,13 @@ class BlockGen:
         anchor = min(memories, key=lambda r: r.info.freq.period)
         self.fusion = self._fusion_groups(stmts, boxes)
         anchor_key = self.fusion[anchor.info.name].attr if anchor.info.name in self.fusion else anchor.state_key
-        self.line(f"{'_parts, '.join(outs)}_parts = " + ", ".join("[]" for _ in outs))
-        self.line(f"for s, e in R.segment_bounds(x.shape[1], {unit.period}, "
-                  f"state[{anchor_key!r}]['offset']):")
+        self.line(f"def {fn}(state, piece, flush):  # one piece of the stream: at most {unit.period} token(s)")
         outer_ind = self.ind
         self.ind += "    "
-        inner = {k: (f"{v}[:, s:e]" if v.isidentifier() else v) for k, v in names.items()}
+        self.line("state = dict(state)")
+        unpack_at = len(self.body)
+        first_emitter = len(self._emitters)
+        inner = dict(names)  # inside the body each stream name is its piece
         for st in stmts:
             self.statement(st, inner, in_loop=True)
         done_groups = set()
@@ -543,14 +552,49 @@ class BlockGen:
                 continue
             in_var = getattr(ref, "loop_in", None)
             self._process(ref, inner, in_var, loop_update=True)
+        carried = [self.fusion[r.info.name].attr if r.info.name in self.fusion else r.state_key
+                   for r in boxes]
+        for em in self._emitters[first_emitter:]:
+            carried += em.state_keys
+        carried = list(dict.fromkeys(carried))
         self.fusion = {}
-        for o in outs:
-            self.line(f"{o}_parts.append({o})")
+        self.line("return state, {" + ", ".join(f"{o!r}: {o}" for o in outs) + "}")
+        # the streams the body reads from outside: the block's names, and its input as `x`
+        used = set(re.findall(r"\b[A-Za-z_]\w*\b", "\n".join(
+            line.split("#", 1)[0] for line in self.body[unpack_at:])))
+        outside = list(dict.fromkeys(v for v in [*names.values(), "x", "x_in"]
+                                     if v.isidentifier() and v in used and (v != "x_in" or self.uses_x_in)))
+        self.body[unpack_at:unpack_at] = [f"{self.ind}{v} = piece[{v!r}]" for v in outside]
         self.ind = outer_ind
-        for o in outs:
-            self.line(f"{o} = torch.cat({o}_parts, dim=1)")
+        scan = self._scannable(stmts, boxes)
+        self.line(f"state, pieces = R.chunk_loop({fn}, state, {{" + ", ".join(f"{v!r}: {v}" for v in outside)
+                  + f"}}, period={unit.period}, anchor={anchor_key!r}, carried={carried!r}, "
+                  f"scannable={scan}, flush=ctx.flush)")
+        self.line(", ".join(outs) + " = " + ", ".join(f"pieces[{o!r}]" for o in outs))
         for st in stmts:
             names[st.target] = py_name(st.target) if st.is_let else "x"
+
+    def _scannable(self, stmts: list[Statement], boxes: list[BoxRef]) -> bool:
+        """Whether the loop may run as a scan under torch.compile: every memory in it commits at
+        each piece (so all carried state keeps its shape) and nothing in it grows or branches
+        over time -- no attention cache, no sub-block, no local surprise signal, no resets every
+        N tokens, no per-token general rule."""
+        period = min(r.info.freq.period for r in boxes if r.info.kind != "attention")
+        for r in boxes:
+            b, plan = r.info, r.plan
+            if b.kind == "attention" or plan.lss:
+                return False
+            if plan.rule not in ("deep_memory_chunked", "delta_rule_chunked", "linear_attn_chunked"):
+                return False
+            if b.freq.period != period:
+                return False
+            if isinstance(b.reset, int) and not isinstance(b.reset, bool):
+                return False
+        for st in stmts:
+            if any(c.func in self.p.blocks or any(q.endswith("." + c.func) for q in self.p.blocks)
+                   for c in ir.calls_in(st.value)):
+                return False
+        return True
 
     # -- sibling memories run as one --
     def _fusion_groups(self, stmts: list[Statement], boxes: list[BoxRef]) -> dict[str, "Fused"]:
@@ -637,7 +681,7 @@ class BlockGen:
         beta = rep_t(g["beta"]) if "beta" in g else "None"
         self.line(f"_, state[{group.attr!r}] = self.{group.attr}(state[{group.attr!r}], "
                   f"keys={rep(g['k'])}, target={target}, lr={lr}, gate={gate}, beta={beta}, "
-                  f"query=None, out_grad={grad}, flush=False)")
+                  f"query=None, out_grad={grad}, flush=flush)")
 
     # -- the class --
     def generate(self) -> str:

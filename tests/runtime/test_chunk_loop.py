@@ -1,0 +1,104 @@
+"""R.chunk_loop: the plain piece-by-piece loop is the reference; under torch.compile a stream of
+whole chunks runs as one scan, which must give the same outputs, final state and gradients."""
+
+import pytest
+import torch
+
+from nestc.runtime import ops as R
+from nestc.runtime.kernels.conv import short_conv
+
+
+def _body(weight, decay):
+    """A toy loop body with the shape of a generated one: a conv stream and a matrix memory
+    that is read at its chunk-start state and then written with the piece's keys."""
+
+    def body(state, piece, flush):
+        state = dict(state)
+        k, state["conv"] = short_conv(piece["x"], weight, None, state["conv"])
+        mem = state["mem"]
+        y = k @ mem["W"]  # read before the write
+        W = decay * mem["W"] + k.transpose(1, 2) @ torch.tanh(piece["x"])
+        state["mem"] = dict(mem, W=W, M=W, offset=0, pos=mem["pos"] + piece["x"].shape[1])
+        return state, {"y": y, "x": piece["x"] + y}
+
+    return body
+
+
+def _initial(batch, d):
+    W = torch.eye(d).expand(batch, d, d) * 0.1
+    return {"conv": torch.zeros(batch, 3, d), "mem": {"W": W, "M": W, "offset": 0, "pos": 0},
+            "other": {"pos": 7}}
+
+
+def _run(x, weight, decay, period, scannable):
+    state, out = R.chunk_loop(_body(weight, decay), _initial(x.shape[0], x.shape[2]), {"x": x},
+                              period=period, anchor="mem", carried=["mem", "conv"], scannable=scannable)
+    return out["y"], out["x"], state
+
+
+@pytest.mark.slow
+def test_compiled_scan_equals_the_plain_loop_forward_and_backward():
+    torch.manual_seed(0)
+    d, period = 8, 4
+    x = torch.randn(2, 16, d, requires_grad=True)
+    weight = torch.randn(d, 4, requires_grad=True)
+    decay = torch.tensor(0.9, requires_grad=True)
+
+    ref_y, ref_x, ref_state = _run(x, weight, decay, period, scannable=False)
+    ref_grads = torch.autograd.grad((ref_y.square().sum() + ref_x.sum() + ref_state["mem"]["W"].sum()),
+                                    [x, weight, decay])
+
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a, w, g: _run(a, w, g, period, scannable=True), fullgraph=True)
+    y, xo, state = fn(x, weight, decay)
+    grads = torch.autograd.grad(y.square().sum() + xo.sum() + state["mem"]["W"].sum(), [x, weight, decay])
+
+    torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xo, ref_x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state["mem"]["W"], ref_state["mem"]["W"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state["conv"], ref_state["conv"])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # the memory moved on by 16 tokens and sits on a chunk boundary; untouched keys pass through
+    assert state["mem"]["pos"] == ref_state["mem"]["pos"] == 16 and state["mem"]["offset"] == 0
+    assert state["other"] == {"pos": 7}
+
+
+@pytest.mark.slow
+def test_the_compiled_loop_is_a_scan():
+    """The graph holds one scan, not one copy of the body per chunk."""
+    torch._dynamo.reset()
+    d = 8
+    x = torch.randn(2, 32, d)
+    weight = torch.randn(d, 4)
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.compile(lambda a: _run(a, weight, 0.9, 4, scannable=True), backend=backend, fullgraph=True)(x)
+    (gm,) = graphs
+    assert gm.code.count("scan(") == 1 and "conv1d" not in gm.code
+    bodies = [m.code for name, m in gm.named_modules() if name and hasattr(m, "code")]
+    assert sum(code.count("conv1d") for code in bodies) == 1  # traced once for 8 chunks
+
+
+def test_eager_and_partial_streams_take_the_plain_loop():
+    """Eager runs, streams that do not start on a chunk boundary and flushed calls all cut the
+    stream at the anchor memory's chunk boundaries, the first piece finishing its chunk."""
+    torch.manual_seed(1)
+    d = 4
+    x = torch.randn(1, 10, d)
+    seen = []
+
+    def body(state, piece, flush):
+        seen.append((piece["x"].shape[1], flush))
+        mem = dict(state["mem"], offset=(state["mem"]["offset"] + piece["x"].shape[1]) % 4)
+        return dict(state, mem=mem), {"x": piece["x"]}
+
+    state = {"mem": {"offset": 1}}
+    state, out = R.chunk_loop(body, state, {"x": x}, period=4, anchor="mem", carried=["mem"],
+                              scannable=True, flush=True)
+    assert seen == [(3, False), (4, False), (3, True)]
+    torch.testing.assert_close(out["x"], x)
