@@ -173,8 +173,12 @@ def delta_rule(
     k_to_end = k_to_end.transpose(-1, -2)  # [B, H, N, Dk, C]
     state_input = k_to_end @ u  # K̃ᵀ U        [B, H, N, Dk, Dv]
     chunk_decay = None if decay is None else decay.total()[..., None, None]  # Γ_C
-    if m is None:
-        transition = None  # the map is S_0ᵀ -> Γ_C S_0ᵀ (or the identity)
+    # A chunk shorter than half the key width (a deep memory's hidden layer read a few tokens at
+    # a time) keeps the transition factored: Γ S - K̃ᵀ (M S) costs 2 C Dk Dv per chunk, where
+    # forming Γ I - K̃ᵀ M costs C Dk² and applying it Dk² Dv.
+    low_rank = m is not None and 2 * size <= d_k
+    if m is None or low_rank:
+        transition = None  # the map is S_0ᵀ -> Γ_C S_0ᵀ (or the identity), plus the low-rank part
     else:
         transition = -(k_to_end @ m)  # -K̃ᵀ M   [B, H, N, Dk, Dk]
         eye = torch.eye(d_k, dtype=k.dtype, device=k.device)
@@ -190,15 +194,22 @@ def delta_rule(
     inputs_n = state_input.unbind(2)
     transitions_n = transition.unbind(2) if transition is not None else [None] * n_chunks
     decays_n = chunk_decay.unbind(2) if chunk_decay is not None else [None] * n_chunks
+    factors_n = zip(k_to_end.unbind(2), m.unbind(2)) if low_rank else [None] * n_chunks
     entering = []  # Sᵀ entering each chunk
-    for input_, transition_, decay_ in zip(inputs_n, transitions_n, decays_n):
+    for input_, transition_, decay_, factors in zip(inputs_n, transitions_n, decays_n, factors_n):
         entering.append(state_t)
         if transition_ is not None:
             state_t = transition_ @ state_t + input_
-        elif decay_ is not None:
-            state_t = decay_ * state_t + input_
         else:
-            state_t = state_t + input_
+            carried = state_t + input_ if decay_ is None else torch.addcmul(input_, decay_, state_t)
+            if factors is not None:  # carried - K̃ᵀ (M S), as one fused batched product
+                k_n, m_n = factors
+                flat = (-1,) + carried.shape[-2:]
+                state_t = torch.baddbmm(carried.reshape(flat), k_n.reshape((-1,) + k_n.shape[-2:]),
+                                        (m_n @ state_t).reshape((-1,) + m_n.shape[-2:-1] + carried.shape[-1:]),
+                                        alpha=-1).reshape(carried.shape)
+            else:
+                state_t = carried
     final_state = state_t.transpose(-1, -2)
     if q_c is None:
         return None, final_state
