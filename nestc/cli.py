@@ -264,6 +264,9 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
           checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every"),
           resume: Optional[Path] = typer.Option(None, help="continue from this checkpoint, exactly"),
           on_nonfinite: Optional[str] = typer.Option(None, "--on-nonfinite", help="stop or skip"),
+          lss: Optional[str] = typer.Option(None, "--lss", help="local surprise signals from the whole "
+                                            "sequence's loss (sequence, default) or each chunk's "
+                                            "loss so far (causal: exact, slower)"),
           compile_: bool = typer.Option(False, "--compile", help="torch.compile the step"),
           seed: Optional[int] = typer.Option(None, help="random seed"),
           set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
@@ -276,11 +279,13 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
         if on_nonfinite is not None and on_nonfinite not in ("stop", "skip"):
             raise NestError.at(Pos(file="--on-nonfinite"), f"unknown choice `{on_nonfinite}`",
                                hint="stop or skip")
+        if lss is not None and lss not in ("sequence", "causal"):
+            raise NestError.at(Pos(file="--lss"), f"unknown choice `{lss}`", hint="sequence or causal")
         compiled = nestc.compile(spec, _overrides(set_))
         flags = dict(steps=steps, max_minutes=minutes, data=data, tokenizer=tokenizer, batch=batch,
                      seq_len=seq_len, lr=lr, optimizer=optimizer, eval_every=eval_every,
                      checkpoint_every=checkpoint_every, on_nonfinite=on_nonfinite, seed=seed,
-                     compile=compile_ or None)
+                     lss=lss, compile=compile_ or None)
         return train_command(compiled, flags, out, resume, out_console=out, err_console=err_console)
 
     _run(run)

@@ -129,10 +129,11 @@ OPTIMIZER_FORMS = {
               "(NL Eq. 57/88); step = exact (lr' = lr / (1 + lr |k|²)), paper (lr' = lr) or "
               "neurips (no step size on the decay); decay_keys = layer (each layer of an MLP "
               "memory decays along its own input) or first (only the first layer); momentum = "
-              "Titans-style momentum on the gradient term (0 = none)",
+              "momentum on the gradient term (only 0, none, is implemented)",
               step="exact", decay_keys="layer", momentum=0),
-    "newton_schulz": _f("newton_schulz", "", "", "Newton-Schulz orthogonalisation steps (Muon)",
-                        steps=5),
+    "newton_schulz": _f("newton_schulz", "", "", "Newton-Schulz orthogonalisation steps: "
+                        "coefficients = muon (Muon's quintic) or cubic (NL Eq. 44)",
+                        steps=5, coefficients="muon"),
     "adam": _f("adam", "", "", "Adam on the inner objective (per-box moments)", beta1=0.9,
                beta2=0.999, eps=1e-8),
     "closed_form": _f("closed_form", "", "", "the exact minimiser (non-parametric memories)"),

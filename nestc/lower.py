@@ -254,6 +254,14 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
         return None
     if box.update is None and obj.kind == "none":
         return None  # the resolver already reported it
+    mom = opt.args.get("momentum") if opt.kind == "dgd" else None
+    if mom is not None and not (isinstance(mom, ir.Num) and mom.value == 0):
+        # digest §10.3: the paper never writes this term down, and no lowering implements one
+        errors.error(box.prop_pos.get("optimizer", box.pos),
+                     f"box `{box.name}`: `dgd(momentum=...)` is not implemented: no lowering "
+                     "carries a momentum term through delta gradient descent yet",
+                     hint="use momentum=0 (the equations as printed), or `optimizer momentum(...)`")
+        return None
     deep_ok = (box.update is None and obj.kind in ("l2", "dot", "lp", "huber", "expr")
                and ret.kind in ("none", "gate") and opt.kind in ("gd", "momentum", "dgd")
                and (ret.grad_at == "previous" or (box.freq.period == 1 and opt.kind == "gd"))

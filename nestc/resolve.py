@@ -754,10 +754,12 @@ class Resolver:
         if one("reset") is not None:
             p = one("reset")
             w = _word_of(p.value)
+            v = None if w in WORDS["reset"] else self._const_prop(p, name)
+            if isinstance(v, str) and v in WORDS["reset"]:  # e.g. `if ... then c_mid else "sequence"`
+                w = v
             if w in WORDS["reset"]:
                 info.reset = w
             else:
-                v = self._const_prop(p, name)
                 if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
                     info.reset = v
                 elif v is not None:

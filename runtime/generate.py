@@ -67,7 +67,7 @@ def perplexity(model, data, batch: int, seq_len: int, max_batches: int | None = 
     total, n = 0.0, 0
     for x, y in data.eval_batches(batch, seq_len, max_batches=max_batches):
         with torch.enable_grad():
-            lss = signals(model, fns, x, y)
+            lss = signals(model, fns, x, y, scope="causal")  # no target reaches an earlier token
         with torch.no_grad():
             logits, _ = model(x, ctx=Ctx(lss=lss))
             total += float(sequence_loss(logits, y))

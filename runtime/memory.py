@@ -202,6 +202,43 @@ def _as_tokens(x, like: Tensor) -> Tensor:
     return torch.full(like.shape[:3], float(x), dtype=like.dtype, device=like.device)
 
 
+def load_initial_weights(source: tuple, name: str, heads: int, dims: tuple[int, ...]) -> list[Tensor]:
+    """`init checkpoint(path, key)`: a memory's initial weights from a safetensors file -- one
+    tensor `key` for a single matrix, or `key.0`, `key.1`, ... per MLP layer, each [out, in]
+    (shared by every head) or [heads, out, in]. NL §7.3 stacks levels this way: a CMS level
+    starting from a pre-trained MLP."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from nestc.diagnostics import NestError, Pos
+
+    path, key = source
+    where = Pos(file=str(path))
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise NestError.at(where, f"box `{name}`: cannot read its initial state: {e}",
+                           hint="`init checkpoint(path, key)` needs a safetensors file; a relative "
+                                "path is relative to the spec file") from None
+    layers = len(dims) - 1
+    out = []
+    for i in range(layers):
+        names = [f"{key}.{i}"] + ([key] if layers == 1 else [])
+        found = next((n for n in names if n in tensors), None)
+        want = (dims[i + 1], dims[i])
+        if found is None:
+            raise NestError.at(where, f"box `{name}`: no tensor `{names[0]}` for layer {i} of its "
+                               f"initial state", hint=f"the file has: {', '.join(sorted(tensors)[:8])}")
+        t = tensors[found].float()
+        if tuple(t.shape) == want:
+            t = t.expand(heads, *want).clone()
+        if tuple(t.shape) != (heads, *want):
+            raise NestError.at(where, f"box `{name}`: `{found}` has shape {tuple(t.shape)}, but layer "
+                               f"{i} needs {want} or {(heads, *want)}")
+        out.append(t)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # DeepMemory
 # ---------------------------------------------------------------------------------------------
@@ -217,8 +254,9 @@ class MemorySettings:
     dgd_decay_keys: str = "layer"  # layer | first
     read: str = "before"  # before | after
     reset: object = "sequence"  # sequence | never | int (tokens)
-    init: str = "meta"  # meta | zeros | identity | random
+    init: str = "meta"  # meta | zeros | identity | random | checkpoint
     init_std: float = 0.02
+    init_from: tuple | None = None  # (safetensors path, key) for init "checkpoint"
     grad: str = "through"  # through | stop (stop-gradient writes)
     name: str = "memory"
     extra: dict = field(default_factory=dict)
@@ -250,6 +288,8 @@ class DeepMemory(nn.Module):
                     std = settings.init_std
                 w = torch.randn(h, d_out, d_in) * std
             inits.append(w)
+        if settings.init == "checkpoint":
+            inits = load_initial_weights(settings.init_from, settings.name, h, shape.dims)
         if settings.init == "meta":
             self.init_weights = nn.ParameterList([nn.Parameter(w) for w in inits])
         else:
@@ -316,11 +356,13 @@ class DeepMemory(nn.Module):
 
     # -- the chunk loop as one traced body (torch.compile) --
     def _can_scan(self, state: dict, T: int, flush: bool) -> bool:
-        """Under torch.compile, a stream of whole chunks from a chunk boundary runs as a scan: the
-        loop body is traced once instead of once per chunk (compile time and run time both drop
-        several fold). Eager runs keep the plain loop, which also serves the audit recorder,
+        """Under torch.compile in loop mode "scan" (nestc.runtime.ops.set_loop_mode), a stream of
+        whole chunks from a chunk boundary runs as a scan: the loop body is traced once instead
+        of once per chunk. Eager runs keep the plain loop, which also serves the audit recorder,
         flushes and resets."""
-        return (torch.compiler.is_compiling() and state["offset"] == 0 and T % self.s.period == 0
+        from .ops import loop_mode
+
+        return (torch.compiler.is_compiling() and loop_mode() == "scan" and state["offset"] == 0 and T % self.s.period == 0
                 and T // self.s.period > 1 and not flush and self.recorder is None
                 and not (isinstance(self.s.reset, int) and not isinstance(self.s.reset, bool))
                 and self.s.read == "before")
@@ -459,7 +501,7 @@ class DeltaMemory(nn.Module):
 
     def __init__(self, heads: int, d_in: int, d_out: int, kind: str, scale: float,
                  init: str = "zeros", read: str = "after", chunk: int = 64, grad_at: str = "previous",
-                 reset: object = "sequence"):
+                 reset: object = "sequence", init_from: tuple | None = None, name: str = "memory"):
         super().__init__()
         self.heads, self.d_in, self.d_out = heads, d_in, d_out
         self.kind, self.scale, self.read, self.chunk = kind, scale, read, chunk
@@ -467,6 +509,8 @@ class DeltaMemory(nn.Module):
         w = torch.zeros(heads, d_out, d_in)
         if init == "identity" and d_in == d_out:
             w = torch.eye(d_in).expand(heads, d_in, d_in).clone()
+        if init == "checkpoint":
+            (w,) = load_initial_weights(init_from, name, heads, (d_in, d_out))
         if init == "meta":
             self.init_state = nn.Parameter(w)
         else:
@@ -631,7 +675,10 @@ class StepMemory(nn.Module):
             std = 1.0 / math.sqrt(d_in)
             if shape.residual and i == shape.layers - 1:
                 std = settings.init_std
-            w = nn.Parameter(torch.randn(settings.heads, d_out, d_in) * std)
+            w = torch.randn(settings.heads, d_out, d_in) * std
+            if settings.init == "checkpoint":
+                w = load_initial_weights(settings.init_from, settings.name, settings.heads, shape.dims)[i]
+            w = nn.Parameter(w)
             w._nest_period = settings.period  # read by nestc.runtime.train.partition
             ws.append(w)
         self.weights = nn.ParameterList(ws)

@@ -37,6 +37,11 @@ class LanguageModel(nn.Module):
                 sites.append((f"{i}.{name}", width))
         return sites
 
+    def lss_periods(self) -> dict[str, int]:
+        """key -> chunk size in tokens of every lss box (when its signals are made causal)."""
+        return {f"{i}.{name}": period for i, layer in enumerate(self.layers)
+                for name, period in getattr(layer, "LSS_PERIODS", ())}
+
     def forward(self, tokens: Tensor, state: list[dict] | None = None, ctx: Ctx | None = None
                 ) -> tuple[Tensor, list[dict]]:
         ctx = ctx or Ctx()

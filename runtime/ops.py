@@ -67,7 +67,22 @@ def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int
     return [(s, e) for s, e, _ in segments(length, period, offset)]
 
 
-SCAN = True  # experiment switch
+# How torch.compile traces a chunk loop: "unroll" (one copy of the body per chunk: long compiles,
+# the fastest steps) or "scan" (the body traced once: compiles several times faster, but on CPU
+# inductor runs the scan slower than eager). Measured in the README; set by make_loss_fns.
+_LOOP_MODES = ("unroll", "scan")
+_loop_mode = "unroll"
+
+
+def set_loop_mode(mode: str) -> None:
+    global _loop_mode
+    if mode not in _LOOP_MODES:
+        raise ValueError(f"loop mode must be one of {_LOOP_MODES}, got {mode!r}")
+    _loop_mode = mode
+
+
+def loop_mode() -> str:
+    return _loop_mode
 
 
 def chunk_loop(body, state: dict, inputs: dict, period: int, anchor: str, carried: list[str],
@@ -76,15 +91,15 @@ def chunk_loop(body, state: dict, inputs: dict, period: int, anchor: str, carrie
     the stream cut at the anchor memory's chunk boundaries; returns (state, outputs
     concatenated). A flushed call commits its memories' partial chunks at its last piece.
 
-    Under torch.compile, a stream of whole chunks from a chunk boundary runs as a scan, so the
-    body is traced once rather than once per chunk. `scannable` (decided by the code generator)
+    Under torch.compile in loop mode "scan", a stream of whole chunks from a chunk boundary runs
+    as a scan, so the body is traced once rather than once per chunk. `scannable` (decided by the code generator)
     says that every memory of the loop commits at each piece and the carried state keeps its
     shapes; eager runs always take the plain loop."""
     from .memory import segments
 
     t = next(iter(inputs.values())).shape[1]
     offset = state[anchor]["offset"]
-    if (scannable and SCAN and not flush and torch.compiler.is_compiling() and offset == 0 and t % period == 0
+    if (scannable and _loop_mode == "scan" and not flush and torch.compiler.is_compiling() and offset == 0 and t % period == 0
             and t // period > 1):
         return _scan_loop(body, state, inputs, period, carried)
     parts: dict[str, list] = {}

@@ -181,16 +181,20 @@ class LossFns:
     probe: Callable
 
 
-def make_loss_fns(model: nn.Module, compile: bool = False, **compile_kw) -> LossFns:
+def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll", **compile_kw) -> LossFns:
     """The two passes of a training step, eager or compiled.
 
     Compiled, each layer runs through one torch.compile'd function (fullgraph) that takes the
     layer module as an argument: all layers of one class share a single graph (their parameters
     are the graph's inputs), so compile time is that of one layer, not of the whole stack. The
-    first pass and the real pass are separate compiled functions, so neither recompiles."""
+    first pass and the real pass are separate compiled functions, so neither recompiles.
+    `loops` picks how chunk loops trace ("unroll" or "scan", see nestc.runtime.ops)."""
     if not compile:
         return LossFns(lambda x, y, lss: forward_loss(model, x, y, lss),
                        lambda x, y, p: probe_loss(model, x, y, p))
+    from .ops import set_loop_mode
+
+    set_loop_mode(loops)
     run_main = _compiled_layer(probing=False, **compile_kw)
     run_probe = _compiled_layer(probing=True, **compile_kw)
     head = torch.compile(_head_loss, fullgraph=True, **compile_kw)
@@ -226,13 +230,42 @@ def _head_loss(model: nn.Module, h: Tensor, targets: Tensor) -> Tensor:
     return sequence_loss(logits, targets)
 
 
-def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor) -> dict[str, Tensor]:
-    """The local surprise signals of every lss box (empty when the model has none)."""
+LSS_SCOPES = ("sequence", "causal")
+
+
+def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor,
+            scope: str = "sequence") -> dict[str, Tensor]:
+    """The local surprise signals of every lss box (empty when the model has none): the gradient
+    of the model's loss with respect to each box's output, at the box's initial state.
+
+    scope "sequence" takes the loss of the whole sequence (one extra pass). Through the layers
+    above a box, a later position's loss also reaches an earlier position's output, so the signal
+    of a chunk can carry a little of the targets after it, which the box's update then passes on
+    to the tokens after the chunk. scope "causal" gives each chunk of a box the gradient of the
+    loss up to the end of that chunk only (a pass per chunk boundary: exact, several times the
+    cost); held-out evaluation always uses it."""
     sites = model.lss_sites()
     if not sites:
         return {}
+    if scope not in LSS_SCOPES:
+        raise ValueError(f"lss scope must be one of {LSS_SCOPES}, got {scope!r}")
     b, t = tokens.shape
-    probes = {k: torch.zeros(b, t, w, requires_grad=True) for k, w in sites}
+    if scope == "sequence":
+        return _probe_grads(fns, tokens, targets, {k: (b, t, w) for k, w in sites})
+    periods = model.lss_periods()
+    ends = sorted({min(e, t) for k, _ in sites for e in range(periods[k], t + periods[k], periods[k])})
+    out = {k: torch.zeros(b, t, w) for k, w in sites}
+    for end in ends:  # the model is causal: the first `end` tokens alone give the loss up to `end`
+        grads = _probe_grads(fns, tokens[:, :end], targets[:, :end], {k: (b, end, w) for k, w in sites})
+        for k, _ in sites:
+            if end % periods[k] == 0 or end == t:  # a chunk of box k ends here: its tokens' signal
+                lo = ((end - 1) // periods[k]) * periods[k]
+                out[k][:, lo:end] = grads[k][:, lo:end]
+    return out
+
+
+def _probe_grads(fns: LossFns, tokens: Tensor, targets: Tensor, shapes: dict) -> dict[str, Tensor]:
+    probes = {k: torch.zeros(*shape, requires_grad=True) for k, shape in shapes.items()}
     loss = fns.probe(tokens, targets, probes)
     grads = torch.autograd.grad(loss, list(probes.values()))
     return {k: g.detach() for k, g in zip(probes, grads)}

@@ -42,6 +42,7 @@ class TrainConfig:
     eval_batches: int = 8
     seed: int = 0
     on_nonfinite: str = "stop"  # stop | skip
+    lss: str = "sequence"  # local surprise signals in training: sequence | causal (see train.signals)
     compile: bool = False
     data: str | None = None  # None: the embedded corpus
     tokenizer: str = "byte"
@@ -205,7 +206,7 @@ class Trainer:
         self._set_lr()
         start = time.perf_counter()
         self.model.train()
-        lss = signals(self.model, self.fns, x, y)
+        lss = signals(self.model, self.fns, x, y, scope=self.cfg.lss)
         for k, s in lss.items():
             if not torch.isfinite(s).all():
                 layer, _, box = k.partition(".")
@@ -296,12 +297,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Held-out loss; each evaluation sequence starts from fresh memories, as in training.
-        The local surprise signals of the held-out text itself are used (a first pass on it)."""
+        The local surprise signals of the held-out text itself are used, causal ones: each chunk's
+        signal sees only the targets up to its end, so no later target leaks into the loss."""
         self.model.eval()
         losses, count = 0.0, 0
         for x, y in self.data.eval_batches(self.cfg.batch, self.cfg.seq_len, max_batches=self.cfg.eval_batches):
             with torch.enable_grad():
-                lss = signals(self.model, self.fns, x, y)
+                lss = signals(self.model, self.fns, x, y, scope="causal")
             losses += float(self.fns.main(x, y, lss)) * x.shape[0]
             count += x.shape[0]
         self.model.train()

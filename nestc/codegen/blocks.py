@@ -62,7 +62,7 @@ class BlockGen:
         self.inits: list[str] = []
         self.body: list[str] = []
         self.state_lines: list[str] = []
-        self.lss_sites: list[tuple[str, int]] = []
+        self.lss_sites: list[tuple[str, int, int]] = []  # (box, width, chunk)
         self.helpers: list[str] = []  # methods (objective gradients)
         self.refs: dict[str, BoxRef] = {}
         self.subs: dict[str, str] = {}  # block name -> attribute
@@ -370,7 +370,7 @@ class BlockGen:
             call = (f"self.{ref.attr}(state[{key!r}], keys={k}, target={target}, lr={lr}, gate={gate}, "
                     f"beta={beta}, query={q}, out_grad={grad}, flush={flush})")
             if plan.lss:
-                self.lss_sites.append((b.qualname, b.heads * b.state.d_out))
+                self.lss_sites.append((b.qualname, b.heads * b.state.d_out, b.freq.period))
                 self.line("if ctx.probing:  # first pass: the initial state; the probe's gradient is the signal")
                 self.line(f"    {out} = self.{ref.attr}.apply_initial({q}) + "
                           f"R.heads(ctx.signal({b.qualname!r}), {h})")
@@ -708,10 +708,14 @@ class BlockGen:
         cls = self.classes[self.block.name]
         doc = f"block {self.block.name} ({self.block.pos.file}:{self.block.pos.line})"
         out = [f"class {cls}(nn.Module):", f'    """{one_line(doc)}"""', ""]
-        sites = [f"        ({name!r}, {width})," for name, width in self.lss_sites]
+        sites = [f"        ({name!r}, {width})," for name, width, _ in self.lss_sites]
+        periods = [f"        ({name!r}, {period})," for name, _, period in self.lss_sites]
         for qual, attr in self.subs.items():
             sites.append(f"        *{self.classes[qual]}.LSS_SITES,")
+            periods.append(f"        *{self.classes[qual]}.LSS_PERIODS,")
         out.append("    LSS_SITES = (" + ("\n" + "\n".join(sites) + "\n    )" if sites else ")"))
+        # the chunk size of each lss box, in tokens (signals that see no later target need it)
+        out.append("    LSS_PERIODS = (" + ("\n" + "\n".join(periods) + "\n    )" if periods else ")"))
         out += ["", "    def __init__(self):", "        super().__init__()"]
         out += ["        " + line for line in self.inits] or ["        pass"]
         out += ["", "    def initial_state(self, batch):", "        return {"]

@@ -56,14 +56,27 @@ def settings_ctor(b: BoxInfo, plan: BoxPlan) -> str:
         parts += [f"dgd_step={_kw_literal(args.get('step'), 'exact')!r}",
                   f"dgd_decay_keys={_kw_literal(args.get('decay_keys'), 'layer')!r}"]
     init, init_arg = b.init
-    parts += [f"read={b.read!r}", f"reset={b.reset!r}", f"init={init if init != 'checkpoint' else 'zeros'!r}"]
+    parts += [f"read={b.read!r}", f"reset={b.reset!r}", f"init={init!r}"]
     if init == "random":
         parts.append(f"init_std={float(init_arg)!r}")
+    if init == "checkpoint":
+        parts.append(f"init_from={checkpoint_source(b)!r}")
     if b.grad != "through":
         parts.append(f"grad={b.grad!r}")
     if opt == "dgd" and _kw_literal(args.get("momentum"), 0) not in (0, 0.0):
         parts.append("extra={'dgd_momentum': True}")
     return "mem.MemorySettings(" + ", ".join(parts) + ")"
+
+
+def checkpoint_source(b: BoxInfo) -> tuple[str, str]:
+    """(file, key) of `init checkpoint(path, key)`, a relative path taken from the spec's folder."""
+    from pathlib import Path
+
+    path, key = b.init[1]
+    p = Path(path)
+    if not p.is_absolute():
+        p = Path(b.pos.file).parent / p
+    return (str(p), key)
 
 
 def constructor(b: BoxInfo, plan: BoxPlan, in_width: int | None) -> str:
@@ -76,8 +89,9 @@ def constructor(b: BoxInfo, plan: BoxPlan, in_width: int | None) -> str:
         obj = plan.objective
         kind = "l2" if rule == "delta_rule_chunked" else "dot"
         grad_at = plan.retention.grad_at if plan.retention is not None else "previous"
+        source = f", init_from={checkpoint_source(b)!r}, name={b.name!r}" if b.init[0] == "checkpoint" else ""
         return (f"mem.DeltaMemory({b.heads}, {b.state.d_in}, {b.state.d_out}, {kind!r}, "
-                f"{obj.scale!r}, init={b.init[0]!r}, read={b.read!r}, grad_at={grad_at!r})")
+                f"{obj.scale!r}, init={b.init[0]!r}, read={b.read!r}, grad_at={grad_at!r}{source})")
     if rule == "deep_memory_chunked":
         return f"mem.DeepMemory({settings_ctor(b, plan)})"
     if rule == "memory_general":

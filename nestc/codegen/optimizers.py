@@ -45,6 +45,14 @@ class OptEmitter:
             return repr(int(e.value))
         raise NestError.at(e.pos, "this count must be a number or a param")
 
+    def choice(self, e: ir.Expr, allowed: tuple[str, ...]) -> str:
+        """A string option that shapes the computation (a Newton-Schulz polynomial): its value."""
+        value = self.values.get(e.id) if isinstance(e, ir.Name) else getattr(e, "value", None)
+        if value not in allowed:
+            raise NestError.at(e.pos, f"this must be one of {', '.join(map(repr, allowed))}",
+                               hint="write it as a string, or a param holding one")
+        return repr(value)
+
     def emit(self, e: ir.Expr) -> str:
         if isinstance(e, ir.Num):
             return e.text if not e.text.startswith(".") else "0" + e.text
@@ -244,7 +252,8 @@ class OptimizerGen:
         if b.optimizer is not None and b.optimizer.func == "newton_schulz":
             kw = {k.name: k.value for k in b.optimizer.kwargs}
             steps = em.literal(kw["steps"]) if "steps" in kw else "5"
-            return f"O.newton_schulz({em.emit(b.values)}, steps={steps})"
+            form = em.choice(kw["coefficients"], ("muon", "cubic")) if "coefficients" in kw else "'muon'"
+            return f"O.newton_schulz({em.emit(b.values)}, steps={steps}, coefficients={form})"
         lr = em.emit(b.lr) if b.lr is not None else "1.0"
         form = objective_form(b)
         del opt

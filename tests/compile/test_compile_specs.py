@@ -74,10 +74,16 @@ def test_optimizer_step_variants_have_no_graph_breaks(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["titans", "hope"])
-def test_compiled_meta_gradients_equal_eager(name):
+@pytest.mark.parametrize("name,loops", [("titans", "unroll"), ("hope", "unroll"), ("titans", "scan"),
+                                        ("hope", "scan")])
+def test_compiled_meta_gradients_equal_eager(name, loops, request):
     """Outer gradients through the inner updates (the meta-learned initial states and every
-    projection) agree between the compiled step and eager execution."""
+    projection) agree between the compiled step and eager execution, with chunk loops unrolled
+    or traced as scans."""
+    from nestc.runtime.ops import set_loop_mode
+
+    set_loop_mode(loops)
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = small(name).model()

@@ -84,3 +84,22 @@ def test_a_changed_learning_rate_is_used():
     opt.param_groups[0]["lr"] = 0.5
     opt.step()
     assert torch.allclose(p.detach(), torch.full((3,), 1 - 0.1 - 0.5))
+
+
+def test_m3_newton_schulz_polynomial_is_a_choice():
+    """M3's `ns` param picks the polynomial its O1/O2 boxes orthogonalise with: the cubic of NL
+    Eq. 44 gives a different (and still orthogonalising) update than Muon's quintic."""
+    from nestc.runtime.kernels.newton_schulz import cubic_newton_schulz
+
+    torch.manual_seed(0)
+    results = {}
+    for ns in ("muon", "cubic"):
+        (_, _, cls, _), = nestc.compile("m3", {"ns": f'"{ns}"'}).module.OPTIMIZERS
+        p = torch.nn.Parameter(torch.randn(8, 6))
+        opt = cls([p])
+        p.grad = torch.randn_like(p, generator=torch.Generator().manual_seed(1))
+        opt.step()
+        results[ns] = opt.state[p]
+    m1 = results["cubic"]["M1"]
+    torch.testing.assert_close(results["cubic"]["O1"], cubic_newton_schulz(m1, 5).to(m1.dtype))
+    assert not torch.allclose(results["cubic"]["O1"], results["muon"]["O1"])

@@ -246,3 +246,16 @@ def test_the_novel_spec_in_yaml_gives_the_same_graph(lp_cms_file):
     back = nestc("convert", "lp_cms.yaml", "-o", "back.nest", cwd=cwd)
     assert back.returncode == 0
     assert (cwd / "back.nest").read_text() == LP_CMS
+
+
+def test_dgd_momentum_is_refused_not_ignored():
+    """Hope's `momentum` (digest §10.3) has no lowering yet: a non-zero value is a compile error at
+    the box's optimizer line, never a silently ignored setting."""
+    import nestc as package
+    from nestc.diagnostics import NestError
+
+    with pytest.raises(NestError) as err:
+        package.compile("hope", {"momentum": "0.5"})
+    text = str(err.value)
+    assert "dgd(momentum=...)` is not implemented" in text and "hope.nest" in text
+    package.compile("hope", {"momentum": "0"})  # the equations as printed

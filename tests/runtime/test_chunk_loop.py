@@ -1,5 +1,6 @@
-"""R.chunk_loop: the plain piece-by-piece loop is the reference; under torch.compile a stream of
-whole chunks runs as one scan, which must give the same outputs, final state and gradients."""
+"""R.chunk_loop: the plain piece-by-piece loop is the reference; under torch.compile in loop mode
+"scan" a stream of whole chunks runs as one scan, which must give the same outputs, final state
+and gradients; in the default mode "unroll" the compiled loop is the plain loop traced."""
 
 import pytest
 import torch
@@ -30,6 +31,13 @@ def _initial(batch, d):
             "other": {"pos": 7}}
 
 
+@pytest.fixture
+def scan_mode():
+    R.set_loop_mode("scan")
+    yield
+    R.set_loop_mode("unroll")
+
+
 def _run(x, weight, decay, period, scannable):
     state, out = R.chunk_loop(_body(weight, decay), _initial(x.shape[0], x.shape[2]), {"x": x},
                               period=period, anchor="mem", carried=["mem", "conv"], scannable=scannable)
@@ -37,7 +45,7 @@ def _run(x, weight, decay, period, scannable):
 
 
 @pytest.mark.slow
-def test_compiled_scan_equals_the_plain_loop_forward_and_backward():
+def test_compiled_scan_equals_the_plain_loop_forward_and_backward(scan_mode):
     torch.manual_seed(0)
     d, period = 8, 4
     x = torch.randn(2, 16, d, requires_grad=True)
@@ -65,8 +73,11 @@ def test_compiled_scan_equals_the_plain_loop_forward_and_backward():
 
 
 @pytest.mark.slow
-def test_the_compiled_loop_is_a_scan():
-    """The graph holds one scan, not one copy of the body per chunk."""
+@pytest.mark.parametrize("mode", ["scan", "unroll"])
+def test_the_compiled_loop_is_a_scan_or_unrolled(mode):
+    """In scan mode the graph holds one scan, not one copy of the body per chunk; unrolled, it
+    holds one copy per chunk."""
+    R.set_loop_mode(mode)
     torch._dynamo.reset()
     d = 8
     x = torch.randn(2, 32, d)
@@ -77,11 +88,17 @@ def test_the_compiled_loop_is_a_scan():
         graphs.append(gm)
         return gm.forward
 
-    torch.compile(lambda a: _run(a, weight, 0.9, 4, scannable=True), backend=backend, fullgraph=True)(x)
+    try:
+        torch.compile(lambda a: _run(a, weight, 0.9, 4, scannable=True), backend=backend, fullgraph=True)(x)
+    finally:
+        R.set_loop_mode("unroll")
     (gm,) = graphs
-    assert gm.code.count("scan(") == 1 and "conv1d" not in gm.code
-    bodies = [m.code for name, m in gm.named_modules() if name and hasattr(m, "code")]
-    assert sum(code.count("conv1d") for code in bodies) == 1  # traced once for 8 chunks
+    if mode == "scan":
+        assert gm.code.count("scan(") == 1 and "conv1d" not in gm.code
+        bodies = [m.code for name, m in gm.named_modules() if name and hasattr(m, "code")]
+        assert sum(code.count("conv1d") for code in bodies) == 1  # traced once for 8 chunks
+    else:
+        assert "scan(" not in gm.code and gm.code.count("conv1d") == 8
 
 
 def test_eager_and_partial_streams_take_the_plain_loop():

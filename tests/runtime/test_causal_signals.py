@@ -1,0 +1,53 @@
+"""Local surprise signals with scope "causal": each chunk of an lss box learns from the loss up to
+the end of that chunk only, so changing a later target changes nothing before it -- the held-out
+evaluation relies on this. The reference is the definition itself: one probe pass per prefix."""
+
+import torch
+
+import nestc
+from nestc.runtime.context import Ctx
+from nestc.runtime.train import make_loss_fns, signals
+
+SMALL = {"n_layers": "2", "d_model": "32", "heads": "2", "c_fast": "4"}
+
+
+def _model(spec="cms"):
+    torch.manual_seed(0)
+    model = nestc.compile(spec, SMALL).model()
+    return model, make_loss_fns(model)
+
+
+def test_a_later_target_reaches_no_earlier_chunk():
+    model, fns = _model()
+    x = torch.randint(0, 256, (2, 12))
+    y = torch.randint(0, 256, (2, 12))
+    y2 = y.clone()
+    y2[:, 10] = (y2[:, 10] + 1) % 256  # a target in the last chunk (tokens 8-11)
+    a = signals(model, fns, x, y, scope="causal")
+    b = signals(model, fns, x, y2, scope="causal")
+    for k in a:
+        assert torch.equal(a[k][:, :8], b[k][:, :8]), k
+        assert not torch.equal(a[k][:, 8:], b[k][:, 8:]), k
+    # and the real pass reads nothing of it before the last chunk
+    la, _ = model(x, ctx=Ctx(lss=a))
+    lb, _ = model(x, ctx=Ctx(lss=b))
+    assert torch.equal(la[:, :9], lb[:, :9])  # the update after chunk 2 is the same
+
+
+def test_each_chunk_gets_the_gradient_of_the_loss_up_to_its_end():
+    model, fns = _model()
+    x = torch.randint(0, 256, (1, 10))  # chunks [0,4) [4,8) [8,10)
+    y = torch.randint(0, 256, (1, 10))
+    causal = signals(model, fns, x, y, scope="causal")
+    for lo, hi in ((0, 4), (4, 8), (8, 10)):
+        prefix = signals(model, fns, x[:, :hi], y[:, :hi], scope="sequence")
+        for k in causal:
+            torch.testing.assert_close(causal[k][:, lo:hi], prefix[k][:, lo:hi])
+    whole = signals(model, fns, x, y, scope="sequence")
+    for k in causal:  # the last chunk's loss so far is the whole sequence's
+        torch.testing.assert_close(causal[k][:, 8:], whole[k][:, 8:])
+
+
+def test_chunk_sizes_are_known_for_every_lss_box():
+    model, _ = _model("hope")
+    assert model.lss_periods() == {k: 4 for k, _ in model.lss_sites()}
