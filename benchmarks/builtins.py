@@ -1,0 +1,83 @@
+"""`nestc bench` for every built-in model spec at its default size, then one Markdown table.
+
+    python benchmarks/builtins.py                      # all specs, eager and compiled
+    python benchmarks/builtins.py --specs titans,hope  # some
+    python benchmarks/builtins.py --table-only         # re-print the table from saved JSON
+
+Each spec's JSON (machine, versions, config, every row) is saved to benchmarks/results/bench_<spec>.json
+by `nestc bench --json`; the README's table is this script's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def model_specs() -> list[str]:
+    import nestc
+    from nestc.loader import builtin_names
+
+    return [n for n in builtin_names() if nestc.compile(n).program.layers]
+
+
+def run(spec: str, iters: int, warmup: int, eager_only: bool) -> None:
+    cmd = [sys.executable, "-m", "nestc.cli", "bench", spec, "--iters", str(iters), "--warmup", str(warmup),
+           "--json", str(RESULTS / f"bench_{spec}.json")]
+    if eager_only:
+        cmd.append("--no-compile")
+    print("$", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def table(specs: list[str]) -> str:
+    lines = ["| spec | batch × seq | params | eager tok/s | compiled tok/s | speed-up | compile cold s | compile warm s |",
+             "|---|---|---|---|---|---|---|---|"]
+    machine = None
+    for spec in specs:
+        path = RESULTS / f"bench_{spec}.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        machine = machine or res["machine"]
+        eager = res["rows"][0]
+        comp = res["rows"][1] if len(res["rows"]) > 1 else None
+        cells = [spec, f"{res['batch']} × {res['seq_len']}", f"{eager['params'] / 1e6:.2f}M",
+                 f"{eager['tokens_per_s']:,.0f}"]
+        if comp:
+            cells += [f"{comp['tokens_per_s']:,.0f}", f"{eager['median_s'] / comp['median_s']:.2f}×",
+                      f"{comp['compile_cold_s']:.0f}", f"{comp['compile_warm_s']:.0f}"]
+        else:
+            cells += ["—"] * 4
+        lines.append("| " + " | ".join(cells) + " |")
+    if machine:
+        lines.append("")
+        lines.append(f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
+                     f"python {machine['python']}, nestc {machine['nestc']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--specs", default=None, help="comma-separated (default: every built-in model spec)")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--eager-only", action="store_true")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    specs = args.specs.split(",") if args.specs else model_specs()
+    RESULTS.mkdir(exist_ok=True)
+    if not args.table_only:
+        for spec in specs:
+            run(spec, args.iters, args.warmup, args.eager_only)
+    print(table(specs))
+
+
+if __name__ == "__main__":
+    main()
