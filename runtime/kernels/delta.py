@@ -171,12 +171,14 @@ def delta_rule(
     #   S_Cᵀ = Γ_C S_0ᵀ + K̃ᵀ W = (Γ_C I - K̃ᵀ M) S_0ᵀ + K̃ᵀ U,   K̃_s = (Γ_C/Γ_s) k_s.
     k_to_end = k_c if decay is None else k_c * decay.end_minus()[..., None]
     k_to_end = k_to_end.transpose(-1, -2)  # [B, H, N, Dk, C]
-    state_input = k_to_end @ u  # K̃ᵀ U        [B, H, N, Dk, Dv]
     chunk_decay = None if decay is None else decay.total()[..., None, None]  # Γ_C
     # A chunk shorter than half the key width (a deep memory's hidden layer read a few tokens at
-    # a time) keeps the transition factored: Γ S - K̃ᵀ (M S) costs 2 C Dk Dv per chunk, where
-    # forming Γ I - K̃ᵀ M costs C Dk² and applying it Dk² Dv.
+    # a time) keeps the transition factored: Γ S + K̃ᵀ (U - M S) costs 2 C Dk Dv per chunk, where
+    # forming Γ I - K̃ᵀ M costs C Dk² and applying it Dk² Dv. It also writes the full-size state
+    # only twice per chunk (Γ S, then one fused product), which is what a small chunk pays for.
     low_rank = m is not None and 2 * size <= d_k
+    # K̃ᵀ U [B, H, N, Dk, Dv], for all chunks at once (the low-rank form folds it into its product)
+    state_input = None if low_rank else k_to_end @ u
     if m is None or low_rank:
         transition = None  # the map is S_0ᵀ -> Γ_C S_0ᵀ (or the identity), plus the low-rank part
     else:
@@ -191,25 +193,24 @@ def delta_rule(
         state_t = initial_state.transpose(-1, -2)
     # unbind rather than indexing in the loop: the backward of unbind stacks the chunk
     # gradients once instead of adding a full-size zero tensor per chunk.
-    inputs_n = state_input.unbind(2)
+    inputs_n = state_input.unbind(2) if state_input is not None else [None] * n_chunks
     transitions_n = transition.unbind(2) if transition is not None else [None] * n_chunks
     decays_n = chunk_decay.unbind(2) if chunk_decay is not None else [None] * n_chunks
-    factors_n = zip(k_to_end.unbind(2), m.unbind(2)) if low_rank else [None] * n_chunks
+    factors_n = zip(k_to_end.unbind(2), m.unbind(2), u.unbind(2)) if low_rank else [None] * n_chunks
     entering = []  # Sᵀ entering each chunk
     for input_, transition_, decay_, factors in zip(inputs_n, transitions_n, decays_n, factors_n):
         entering.append(state_t)
         if transition_ is not None:
             state_t = transition_ @ state_t + input_
+        elif factors is not None:  # Γ S + K̃ᵀ (U - M S), as one fused batched product
+            k_n, m_n, u_n = factors
+            carried = state_t if decay_ is None else decay_ * state_t
+            flat = (-1,) + carried.shape[-2:]
+            state_t = torch.baddbmm(carried.reshape(flat), k_n.reshape((-1,) + k_n.shape[-2:]),
+                                    (u_n - m_n @ state_t).reshape((-1,) + u_n.shape[-2:])
+                                    ).reshape(carried.shape)
         else:
-            carried = state_t + input_ if decay_ is None else torch.addcmul(input_, decay_, state_t)
-            if factors is not None:  # carried - K̃ᵀ (M S), as one fused batched product
-                k_n, m_n = factors
-                flat = (-1,) + carried.shape[-2:]
-                state_t = torch.baddbmm(carried.reshape(flat), k_n.reshape((-1,) + k_n.shape[-2:]),
-                                        (m_n @ state_t).reshape((-1,) + m_n.shape[-2:-1] + carried.shape[-1:]),
-                                        alpha=-1).reshape(carried.shape)
-            else:
-                state_t = carried
+            state_t = state_t + input_ if decay_ is None else torch.addcmul(input_, decay_, state_t)
     final_state = state_t.transpose(-1, -2)
     if q_c is None:
         return None, final_state

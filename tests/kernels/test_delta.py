@@ -16,6 +16,8 @@ SHAPES = {
     "T ragged": (2, 2, 37, 8, 6, 16),
     "T smaller than chunk": (1, 2, 5, 4, 4, 16),
     "chunk 1": (2, 1, 9, 4, 3, 1),
+    # 2 * chunk <= Dk: the transition stays factored (a deep memory's hidden layer, Hope)
+    "short chunks, wide keys": (2, 2, 22, 16, 8, 4),
 }
 # Which optional inputs are given: (b, log_g).
 VARIANTS = {
