@@ -1,8 +1,8 @@
 """`nestc bench` for every built-in model spec at its default size, then one Markdown table.
 
-    python benchmarks/builtins.py                      # all specs, eager and compiled
-    python benchmarks/builtins.py --specs titans,hope  # some
-    python benchmarks/builtins.py --table-only         # re-print the table from saved JSON
+    python benchmarks/bench_builtins.py                      # all specs, eager and compiled
+    python benchmarks/bench_builtins.py --specs titans,hope  # some
+    python benchmarks/bench_builtins.py --table-only         # re-print the table from saved JSON
 
 Each spec's JSON (machine, versions, config, every row) is saved to benchmarks/results/bench_<spec>.json
 by `nestc bench --json`; the README's table is this script's output.
