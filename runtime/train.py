@@ -250,13 +250,14 @@ def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor,
     if scope not in LSS_SCOPES:
         raise ValueError(f"lss scope must be one of {LSS_SCOPES}, got {scope!r}")
     b, t = tokens.shape
+    like = next(model.parameters())  # probes in the model's dtype and on its device
     if scope == "sequence":
-        return _probe_grads(fns, tokens, targets, {k: (b, t, w) for k, w in sites})
+        return _probe_grads(fns, tokens, targets, {k: (b, t, w) for k, w in sites}, like)
     periods = model.lss_periods()
     ends = sorted({min(e, t) for k, _ in sites for e in range(periods[k], t + periods[k], periods[k])})
-    out = {k: torch.zeros(b, t, w) for k, w in sites}
+    out = {k: like.new_zeros(b, t, w) for k, w in sites}
     for end in ends:  # the model is causal: the first `end` tokens alone give the loss up to `end`
-        grads = _probe_grads(fns, tokens[:, :end], targets[:, :end], {k: (b, end, w) for k, w in sites})
+        grads = _probe_grads(fns, tokens[:, :end], targets[:, :end], {k: (b, end, w) for k, w in sites}, like)
         for k, _ in sites:
             if end % periods[k] == 0 or end == t:  # a chunk of box k ends here: its tokens' signal
                 lo = ((end - 1) // periods[k]) * periods[k]
@@ -264,8 +265,8 @@ def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor,
     return out
 
 
-def _probe_grads(fns: LossFns, tokens: Tensor, targets: Tensor, shapes: dict) -> dict[str, Tensor]:
-    probes = {k: torch.zeros(*shape, requires_grad=True) for k, shape in shapes.items()}
+def _probe_grads(fns: LossFns, tokens: Tensor, targets: Tensor, shapes: dict, like: Tensor) -> dict[str, Tensor]:
+    probes = {k: like.new_zeros(shape).requires_grad_() for k, shape in shapes.items()}
     loss = fns.probe(tokens, targets, probes)
     grads = torch.autograd.grad(loss, list(probes.values()))
     return {k: g.detach() for k, g in zip(probes, grads)}
