@@ -116,11 +116,13 @@ def make_optimizer(compiled, model: nn.Module, override: str | None = None,
         chosen = nestc.compile(override)
         entries = list(chosen.module.OPTIMIZERS)
         infos = list(chosen.program.optimizers)
-        if [e[1] for e in entries] == ["matrices"]:
-            rest = nestc.compile("adamw")
-            entries += list(rest.module.OPTIMIZERS)
-            entries[-1] = (entries[-1][0], "rest", entries[-1][2], entries[-1][3])
-            infos += list(rest.program.optimizers)
+    if [e[1] for e in entries] == ["matrices"]:  # biases, norms, embeddings must learn too
+        import nestc
+
+        rest = nestc.compile("adamw")
+        entries += list(rest.module.OPTIMIZERS)
+        entries[-1] = (entries[-1][0], "rest", entries[-1][2], entries[-1][3])
+        infos += list(rest.program.optimizers)
     if not entries:
         raise ValueError(f"{compiled.program.name} has no optimizer: give its train section one")
     groups = partition(model)

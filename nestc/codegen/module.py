@@ -59,8 +59,9 @@ def generate(program: Program, levels: LevelGraph, options: dict | None = None) 
     opts = []
     for o in program.optimizers:
         oplans = {k.split(".", 1)[1]: p for k, p in plans.items() if k.startswith(o.name + ".")}
-        body += ["", OptimizerGen(o, oplans).generate()]
-        defaults = {k: v for k, v in o.params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        gen = OptimizerGen(o, oplans)
+        body += ["", gen.generate()]
+        defaults = {k: o.params[k] for k in gen.hyperparameters()}
         opts.append(f"    ({o.name!r}, {o.group!r}, {class_name(o.name)}, {_literal(defaults)}),")
     body += ["", "# (spec, parameter group, class, settings) of each optimizer of the train section",
              "OPTIMIZERS = [" + ("\n" + "\n".join(opts) + "\n]" if opts else "]")]

@@ -12,6 +12,7 @@ learning rate do not recompile either.
 from __future__ import annotations
 
 import math
+import re
 from functools import reduce
 
 import networkx as nx
@@ -159,7 +160,7 @@ class OptimizerGen:
         o = self.opt
         cls = class_name(o.name)
         params = o.params
-        hp = [k for k, v in params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        hp = self.hyperparameters()
         sig = ", ".join(f"{py_name(k)}={params[k]!r}" for k in hp)
         slow = self.slow
         lines = [f"class {cls}(O.NestOptimizer):",
@@ -194,6 +195,17 @@ class OptimizerGen:
         for i, active in enumerate(self.variants()):
             lines += self._variant(i, active, hp)
         return "\n".join(lines)
+
+    def hyperparameters(self) -> list[str]:
+        """The numeric params the update rules read at run time: those a constructor can change.
+        A param folded into the generated code when the spec is compiled (a period such as M3's
+        `f`, Newton-Schulz's `steps`) is not one: passing it to the constructor would be ignored,
+        so it is not accepted there; it is set with `--set` / `nestc.compile(spec, overrides)`."""
+        numeric = [k for k, v in self.opt.params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        bodies = "\n".join(line for i, active in enumerate(self.variants())
+                           for line in self._variant(i, active, numeric)
+                           if not re.match(r"\s*\w+ = hp\[", line))
+        return [k for k in numeric if re.search(rf"\b{re.escape(py_name(k))}\b", bodies)]
 
     def _variant(self, index: int, active: tuple[str, ...], hp: list[str]) -> list[str]:
         lines = ["    @torch.no_grad()",
