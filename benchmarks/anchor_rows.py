@@ -56,7 +56,9 @@ def titans_rows(ctx: BenchContext) -> list[BenchRow]:
                 out, _ = layer(x, layer.initial_state(x.shape[0]), Ctx())
                 return out
 
-            fn = torch.compile(forward, fullgraph=True) if mode == "compiled" else forward
+            # static shapes: each config its own graph (symbolic shapes over the unrolled chunk loop
+            # make the second config take tens of minutes in sympy)
+            fn = torch.compile(forward, fullgraph=True, dynamic=False) if mode == "compiled" else forward
 
             def step(layer=layer, x=x, fn=fn) -> None:
                 layer.zero_grad(set_to_none=True)
