@@ -196,10 +196,14 @@ class Trainer:
             g["lr"] = base * f
         return f
 
-    def _check_grads(self) -> None:
+    def _check_grads(self, x, lss) -> None:
         for name, p in self.model.named_parameters():
             if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise NonFinite(f"the gradient of {described(name)}", self.step + 1)
+                # a finite loss with a non-finite gradient: usually a forward value that diverged
+                # where it does not reach the loss (a memory's state after its last read), and
+                # 0 * inf in the backward; name that place when there is one
+                raise NonFinite(f"the gradient of {described(name)}" + self._origin(x, Ctx(lss=lss)),
+                                self.step + 1)
 
     def train_step(self) -> dict[str, Any]:
         x, y = self.data.batch(self.step, self.cfg.batch, self.cfg.seq_len, seed=self.cfg.seed)
@@ -221,7 +225,7 @@ class Trainer:
                 if getattr(p, "_nest_period", 1) > 1 and p.grad is not None}
         loss.backward()
         try:
-            self._check_grads()
+            self._check_grads(x, lss)
         except NonFinite:
             # a skipped step must not leave its NaNs in the gradient sums of the levels of
             # every C steps: give them back the sums they had before this step
