@@ -93,9 +93,7 @@ def mlp_apply(shape: MLPShape, weights: list[Tensor], x: Tensor) -> Tensor:
     """Read a memory: weights[l] [B, H, out_l, in_l], x [B, H, N, d_in] -> [B, H, N, d_out]."""
     a = x
     for i, w in enumerate(weights):
-        # matmul with a transposed view rather than einsum: the DGD kernel returns states stored
-        # transposed, and einsum would copy every one of them to a contiguous layout
-        z = a @ w.transpose(-1, -2)
+        z = torch.einsum("bhnd,bhed->bhne", a, w)
         a = _act(shape.act, z) if i < len(weights) - 1 else z
     return a + x if shape.residual else a
 
@@ -111,7 +109,7 @@ def mlp_layer_grads(shape: MLPShape, weights: list[Tensor], x: Tensor,
     acts, pres = [x], []
     a = x
     for i, w in enumerate(weights):
-        z = a @ w.transpose(-1, -2)  # as in mlp_apply
+        z = torch.einsum("bhnd,bhed->bhne", a, w)
         pres.append(z)
         a = _act(shape.act, z) if i < len(weights) - 1 else z
         if i < len(weights) - 1:
@@ -122,7 +120,7 @@ def mlp_layer_grads(shape: MLPShape, weights: list[Tensor], x: Tensor,
     for i in range(len(weights) - 1, -1, -1):
         per_layer.append((acts[i], delta))
         if i > 0:
-            delta = (delta @ weights[i]) * _act_grad(shape.act, pres[i - 1])
+            delta = torch.einsum("bhne,bhed->bhnd", delta, weights[i]) * _act_grad(shape.act, pres[i - 1])
     per_layer.reverse()
     return pred, per_layer
 

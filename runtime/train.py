@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .context import Ctx
@@ -170,17 +171,28 @@ def forward_loss(model: nn.Module, tokens: Tensor, targets: Tensor, lss: dict[st
     return sequence_loss(logits, targets) / tokens.shape[0]
 
 
-def probe_loss(model: nn.Module, tokens: Tensor, targets: Tensor, probes: dict[str, Tensor]) -> Tensor:
+def probe_loss(model: nn.Module, tokens: Tensor, targets: Tensor, probes: dict[str, Tensor],
+               mask: Tensor | None = None) -> Tensor:
     """The first pass: lss boxes read their initial state plus a zero probe. Its loss is summed
-    over sequences of per-sequence means, so each probe's gradient is its own sequence's signal."""
+    over sequences of per-sequence means, so each probe's gradient is its own sequence's signal.
+    `mask` [T] (1 = counted) limits the loss to a prefix without changing the input's shape."""
     logits, _ = model(tokens, ctx=Ctx(probing=True, lss=probes))
-    return sequence_loss(logits, targets)
+    return _loss(logits, targets, mask)
+
+
+def _loss(logits: Tensor, targets: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return sequence_loss(logits, targets)
+    b, t, v = logits.shape
+    ce = F.cross_entropy(logits.reshape(b * t, v).float(), targets.reshape(b * t), reduction="none")
+    return ((ce.view(b, t) * mask).sum(1) / mask.sum()).sum()
 
 
 @dataclass
 class LossFns:
     main: Callable
     probe: Callable
+    compiled: bool = False  # compiled passes keep one input shape (see `signals`)
 
 
 def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll", **compile_kw) -> LossFns:
@@ -193,21 +205,24 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     `loops` picks how chunk loops trace ("unroll" or "scan", see nestc.runtime.ops)."""
     if not compile:
         return LossFns(lambda x, y, lss: forward_loss(model, x, y, lss),
-                       lambda x, y, p: probe_loss(model, x, y, p))
+                       lambda x, y, p, mask=None: probe_loss(model, x, y, p, mask))
     from .ops import set_loop_mode
 
     set_loop_mode(loops)
+    # static shapes: a new shape gets its own graph. Symbolic shapes over the unrolled chunk
+    # loops send sympy into a search of tens of minutes (seen with a second Titans layer size).
+    compile_kw.setdefault("dynamic", False)
     run_main = _compiled_layer(probing=False, **compile_kw)
     run_probe = _compiled_layer(probing=True, **compile_kw)
     head = torch.compile(_head_loss, fullgraph=True, **compile_kw)
 
     def main(x, y, lss):
-        return head(model, _layers(model, run_main, model.embed(x), lss), y) / x.shape[0]
+        return head(model, _layers(model, run_main, model.embed(x), lss), y, None) / x.shape[0]
 
-    def probe(x, y, probes):
-        return head(model, _layers(model, run_probe, model.embed(x), probes), y)
+    def probe(x, y, probes, mask=None):
+        return head(model, _layers(model, run_probe, model.embed(x), probes), y, mask)
 
-    return LossFns(main, probe)
+    return LossFns(main, probe, compiled=True)
 
 
 def _compiled_layer(probing: bool, **compile_kw):
@@ -226,10 +241,10 @@ def _layers(model: nn.Module, run: Callable, h: Tensor, lss: dict[str, Tensor]) 
     return h
 
 
-def _head_loss(model: nn.Module, h: Tensor, targets: Tensor) -> Tensor:
+def _head_loss(model: nn.Module, h: Tensor, targets: Tensor, mask: Tensor | None) -> Tensor:
     h = model.norm(h)
     logits = h @ model.embed.weight.t() if model.tie_embeddings else model.head(h)
-    return sequence_loss(logits, targets)
+    return _loss(logits, targets, mask)
 
 
 LSS_SCOPES = ("sequence", "causal")
@@ -259,7 +274,11 @@ def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor,
     ends = sorted({min(e, t) for k, _ in sites for e in range(periods[k], t + periods[k], periods[k])})
     out = {k: like.new_zeros(b, t, w) for k, w in sites}
     for end in ends:  # the model is causal: the first `end` tokens alone give the loss up to `end`
-        grads = _probe_grads(fns, tokens[:, :end], targets[:, :end], {k: (b, end, w) for k, w in sites}, like)
+        if fns.compiled:  # one shape for every end (a compiled pass per prefix length is slow)
+            mask = (torch.arange(t, device=tokens.device) < end).to(like.dtype)
+            grads = _probe_grads(fns, tokens, targets, {k: (b, t, w) for k, w in sites}, like, mask)
+        else:
+            grads = _probe_grads(fns, tokens[:, :end], targets[:, :end], {k: (b, end, w) for k, w in sites}, like)
         for k, _ in sites:
             if end % periods[k] == 0 or end == t:  # a chunk of box k ends here: its tokens' signal
                 lo = ((end - 1) // periods[k]) * periods[k]
@@ -267,9 +286,10 @@ def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor,
     return out
 
 
-def _probe_grads(fns: LossFns, tokens: Tensor, targets: Tensor, shapes: dict, like: Tensor) -> dict[str, Tensor]:
+def _probe_grads(fns: LossFns, tokens: Tensor, targets: Tensor, shapes: dict, like: Tensor,
+                 mask: Tensor | None = None) -> dict[str, Tensor]:
     probes = {k: like.new_zeros(shape).requires_grad_() for k, shape in shapes.items()}
-    loss = fns.probe(tokens, targets, probes)
+    loss = fns.probe(tokens, targets, probes) if mask is None else fns.probe(tokens, targets, probes, mask)
     grads = torch.autograd.grad(loss, list(probes.values()))
     return {k: g.detach() for k, g in zip(probes, grads)}
 

@@ -51,3 +51,22 @@ def test_each_chunk_gets_the_gradient_of_the_loss_up_to_its_end():
 def test_chunk_sizes_are_known_for_every_lss_box():
     model, _ = _model("hope")
     assert model.lss_periods() == {k: 4 for k, _ in model.lss_sites()}
+
+
+def test_full_length_masked_probes_equal_prefix_probes():
+    """Compiled passes keep one input shape: the probe for the loss up to `end` runs on the whole
+    sequence with the later positions masked out of the loss (runtime/train.py `signals`). On a
+    causal model that is the same signal as a pass over the prefix alone."""
+    import dataclasses
+
+    for spec in ("cms", "hope"):
+        model, fns = _model(spec)
+        model.double()
+        x = torch.randint(0, 256, (2, 14))  # ragged: the last chunk is partial
+        y = torch.randint(0, 256, (2, 14))
+        prefix = signals(model, fns, x, y, scope="causal")
+        masked = signals(model, dataclasses.replace(fns, compiled=True), x, y, scope="causal")
+        assert prefix and prefix.keys() == masked.keys()
+        for k in prefix:
+            assert prefix[k].abs().max() > 0
+            torch.testing.assert_close(masked[k], prefix[k], rtol=0, atol=1e-12)
