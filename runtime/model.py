@@ -56,11 +56,16 @@ class LanguageModel(nn.Module):
         return logits, new_state
 
 
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """Half-precision logits go up to float32 for the loss; float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def sequence_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-sequence mean next-token cross-entropy, summed over the batch.
 
     Each sequence's memories learn from their own sequence, so their local surprise signals are
     gradients of that sequence's mean loss, whatever the batch size."""
     b, t, v = logits.shape
-    ce = F.cross_entropy(logits.reshape(b * t, v).float(), targets.reshape(b * t), reduction="none")
+    ce = F.cross_entropy(_at_least_fp32(logits.reshape(b * t, v)), targets.reshape(b * t), reduction="none")
     return ce.view(b, t).mean(1).sum()

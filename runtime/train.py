@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .context import Ctx
-from .model import sequence_loss
+from .model import _at_least_fp32, sequence_loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +184,10 @@ def _loss(logits: Tensor, targets: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return sequence_loss(logits, targets)
     b, t, v = logits.shape
-    ce = F.cross_entropy(logits.reshape(b * t, v).float(), targets.reshape(b * t), reduction="none")
-    return ((ce.view(b, t) * mask).sum(1) / mask.sum()).sum()
+    ce = F.cross_entropy(_at_least_fp32(logits.reshape(b * t, v)), targets.reshape(b * t), reduction="none")
+    # weight 1/T per counted token, as in the whole-sequence loss: a prefix's signal has the
+    # scale of the training signal, not that of a loss averaged over the prefix alone
+    return ((ce.view(b, t) * mask).sum(1) / t).sum()
 
 
 @dataclass
@@ -259,8 +261,9 @@ def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor,
     above a box, a later position's loss also reaches an earlier position's output, so the signal
     of a chunk can carry a little of the targets after it, which the box's update then passes on
     to the tokens after the chunk. scope "causal" gives each chunk of a box the gradient of the
-    loss up to the end of that chunk only (a pass per chunk boundary: exact, several times the
-    cost); held-out evaluation always uses it."""
+    loss up to the end of that chunk only, each token's loss weighted 1/T as in the whole
+    sequence's mean, so both scopes give signals of one scale (a pass per chunk boundary: exact,
+    several times the cost); held-out evaluation always uses it."""
     sites = model.lss_sites()
     if not sites:
         return {}
@@ -277,8 +280,9 @@ def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor,
         if fns.compiled:  # one shape for every end (a compiled pass per prefix length is slow)
             mask = (torch.arange(t, device=tokens.device) < end).to(like.dtype)
             grads = _probe_grads(fns, tokens, targets, {k: (b, t, w) for k, w in sites}, like, mask)
-        else:
+        else:  # the prefix's mean loss, reweighted to 1/T per token (as the masked form)
             grads = _probe_grads(fns, tokens[:, :end], targets[:, :end], {k: (b, end, w) for k, w in sites}, like)
+            grads = {k: g * (end / t) for k, g in grads.items()}
         for k, _ in sites:
             if end % periods[k] == 0 or end == t:  # a chunk of box k ends here: its tokens' signal
                 lo = ((end - 1) // periods[k]) * periods[k]

@@ -40,9 +40,11 @@ def test_each_chunk_gets_the_gradient_of_the_loss_up_to_its_end():
     y = torch.randint(0, 256, (1, 10))
     causal = signals(model, fns, x, y, scope="causal")
     for lo, hi in ((0, 4), (4, 8), (8, 10)):
+        # the prefix's own mean loss weighs each token 1/hi; the causal signal keeps the whole
+        # sequence's weight 1/10, so that it has the scale the model trains with
         prefix = signals(model, fns, x[:, :hi], y[:, :hi], scope="sequence")
         for k in causal:
-            torch.testing.assert_close(causal[k][:, lo:hi], prefix[k][:, lo:hi])
+            torch.testing.assert_close(causal[k][:, lo:hi], prefix[k][:, lo:hi] * hi / 10)
     whole = signals(model, fns, x, y, scope="sequence")
     for k in causal:  # the last chunk's loss so far is the whole sequence's
         torch.testing.assert_close(causal[k][:, 8:], whole[k][:, 8:])
@@ -70,3 +72,20 @@ def test_full_length_masked_probes_equal_prefix_probes():
         for k in prefix:
             assert prefix[k].abs().max() > 0
             torch.testing.assert_close(masked[k], prefix[k], rtol=0, atol=1e-12)
+
+
+def test_without_cross_position_paths_both_scopes_give_the_same_signal():
+    """In a one-layer CMS model a level's output at token s reaches only token s's loss (the
+    chain is per token and nothing mixes positions after it), so no later target can leak and
+    the causal signal must equal the whole-sequence one, scale included."""
+    torch.manual_seed(0)
+    model = nestc.compile("cms", {**SMALL, "n_layers": "1"}).model().double()
+    fns = make_loss_fns(model)
+    x = torch.randint(0, 256, (2, 13))
+    y = torch.randint(0, 256, (2, 13))
+    causal = signals(model, fns, x, y, scope="causal")
+    whole = signals(model, fns, x, y, scope="sequence")
+    assert causal and causal.keys() == whole.keys()
+    for k in causal:
+        assert whole[k].abs().max() > 0
+        torch.testing.assert_close(causal[k], whole[k], rtol=1e-12, atol=1e-15)
