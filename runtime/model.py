@@ -61,11 +61,16 @@ def _at_least_fp32(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def sequence_loss(logits: Tensor, targets: Tensor) -> Tensor:
+def sequence_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
     """Per-sequence mean next-token cross-entropy, summed over the batch.
 
     Each sequence's memories learn from their own sequence, so their local surprise signals are
-    gradients of that sequence's mean loss, whatever the batch size."""
+    gradients of that sequence's mean loss, whatever the batch size. `mask` [T] (1 = counted)
+    drops later positions and keeps the weight 1/T of the others: a prefix's loss then has the
+    scale of the whole sequence's, which causal surprise signals rely on."""
     b, t, v = logits.shape
     ce = F.cross_entropy(_at_least_fp32(logits.reshape(b * t, v)), targets.reshape(b * t), reduction="none")
-    return ce.view(b, t).mean(1).sum()
+    ce = ce.view(b, t)
+    if mask is not None:
+        ce = ce * mask
+    return ce.mean(1).sum()

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .context import Ctx
-from .model import _at_least_fp32, sequence_loss
+from .model import sequence_loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,17 +108,15 @@ def make_optimizer(compiled, model: nn.Module, override: str | None = None,
     """The train section's optimizers (or `override`, an optimizer spec such as "m3") over the
     model's parameter groups. An optimizer for matrices only (Muon, M3) gets AdamW for the rest;
     levels that learn every C steps get an optimizer of their own, of the kind the rest uses."""
+    import nestc
+
     entries = list(compiled.module.OPTIMIZERS)
     infos = list(compiled.program.optimizers)
     if override is not None:
-        import nestc
-
         chosen = nestc.compile(override)
         entries = list(chosen.module.OPTIMIZERS)
         infos = list(chosen.program.optimizers)
     if [e[1] for e in entries] == ["matrices"]:  # biases, norms, embeddings must learn too
-        import nestc
-
         rest = nestc.compile("adamw")
         entries += list(rest.module.OPTIMIZERS)
         entries[-1] = (entries[-1][0], "rest", entries[-1][2], entries[-1][3])
@@ -177,17 +174,7 @@ def probe_loss(model: nn.Module, tokens: Tensor, targets: Tensor, probes: dict[s
     over sequences of per-sequence means, so each probe's gradient is its own sequence's signal.
     `mask` [T] (1 = counted) limits the loss to a prefix without changing the input's shape."""
     logits, _ = model(tokens, ctx=Ctx(probing=True, lss=probes))
-    return _loss(logits, targets, mask)
-
-
-def _loss(logits: Tensor, targets: Tensor, mask: Tensor | None) -> Tensor:
-    if mask is None:
-        return sequence_loss(logits, targets)
-    b, t, v = logits.shape
-    ce = F.cross_entropy(_at_least_fp32(logits.reshape(b * t, v)), targets.reshape(b * t), reduction="none")
-    # weight 1/T per counted token, as in the whole-sequence loss: a prefix's signal has the
-    # scale of the training signal, not that of a loss averaged over the prefix alone
-    return ((ce.view(b, t) * mask).sum(1) / t).sum()
+    return sequence_loss(logits, targets, mask)
 
 
 @dataclass
@@ -246,7 +233,7 @@ def _layers(model: nn.Module, run: Callable, h: Tensor, lss: dict[str, Tensor]) 
 def _head_loss(model: nn.Module, h: Tensor, targets: Tensor, mask: Tensor | None) -> Tensor:
     h = model.norm(h)
     logits = h @ model.embed.weight.t() if model.tie_embeddings else model.head(h)
-    return _loss(logits, targets, mask)
+    return sequence_loss(logits, targets, mask)
 
 
 LSS_SCOPES = ("sequence", "causal")
@@ -293,7 +280,7 @@ def signals(model: nn.Module, fns: LossFns, tokens: Tensor, targets: Tensor,
 def _probe_grads(fns: LossFns, tokens: Tensor, targets: Tensor, shapes: dict, like: Tensor,
                  mask: Tensor | None = None) -> dict[str, Tensor]:
     probes = {k: like.new_zeros(shape).requires_grad_() for k, shape in shapes.items()}
-    loss = fns.probe(tokens, targets, probes) if mask is None else fns.probe(tokens, targets, probes, mask)
+    loss = fns.probe(tokens, targets, probes, mask)
     grads = torch.autograd.grad(loss, list(probes.values()))
     return {k: g.detach() for k, g in zip(probes, grads)}
 

@@ -61,7 +61,7 @@ def generate(program: Program, levels: LevelGraph, options: dict | None = None) 
         oplans = {k.split(".", 1)[1]: p for k, p in plans.items() if k.startswith(o.name + ".")}
         gen = OptimizerGen(o, oplans)
         body += ["", gen.generate()]
-        defaults = {k: o.params[k] for k in gen.hyperparameters()}
+        defaults = {k: o.params[k] for k in gen.run_time_params}
         opts.append(f"    ({o.name!r}, {o.group!r}, {class_name(o.name)}, {_literal(defaults)}),")
     body += ["", "# (spec, parameter group, class, settings) of each optimizer of the train section",
              "OPTIMIZERS = [" + ("\n" + "\n".join(opts) + "\n]" if opts else "]")]

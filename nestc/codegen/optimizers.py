@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import functools
 from functools import reduce
 
 import networkx as nx
@@ -160,7 +161,7 @@ class OptimizerGen:
         o = self.opt
         cls = class_name(o.name)
         params = o.params
-        hp = self.hyperparameters()
+        hp = list(self.run_time_params)
         sig = ", ".join(f"{py_name(k)}={params[k]!r}" for k in hp)
         slow = self.slow
         lines = [f"class {cls}(O.NestOptimizer):",
@@ -196,7 +197,8 @@ class OptimizerGen:
             lines += self._variant(i, active, hp)
         return "\n".join(lines)
 
-    def hyperparameters(self) -> list[str]:
+    @functools.cached_property
+    def run_time_params(self) -> tuple[str, ...]:
         """The numeric params the update rules read at run time: those a constructor can change.
         A param folded into the generated code when the spec is compiled (a period such as M3's
         `f`, Newton-Schulz's `steps`) is not one: passing it to the constructor would be ignored,
@@ -205,7 +207,7 @@ class OptimizerGen:
         bodies = "\n".join(line for i, active in enumerate(self.variants())
                            for line in self._variant(i, active, numeric)
                            if not re.match(r"\s*\w+ = hp\[", line))
-        return [k for k in numeric if re.search(rf"\b{re.escape(py_name(k))}\b", bodies)]
+        return tuple(k for k in numeric if re.search(rf"\b{re.escape(py_name(k))}\b", bodies))
 
     def _variant(self, index: int, active: tuple[str, ...], hp: list[str]) -> list[str]:
         lines = ["    @torch.no_grad()",
