@@ -183,7 +183,7 @@ class Resolver:
                          f"its params are: {', '.join(sorted(exprs)) or '(none)'}")
                 continue
             try:
-                exprs[key] = parse_expr(text, f"--set {key}")
+                exprs[key] = parse_expr(_override_text(text), f"--set {key}")
             except NestError as e:
                 self.errors.extend(e)
         state: dict[str, str] = {}
@@ -1881,3 +1881,16 @@ def resolve_ref(ref: str | Path, overrides: dict[str, str] | None = None) -> Pro
 
 
 __all__ = ["resolve", "resolve_ref", "Resolver", "parse_file"]
+
+
+def _override_text(value: Any) -> str:
+    """An override as spec source: CLI values arrive as text; in-process callers of
+    `nestc.compile(spec, {...})` may pass Python numbers, booleans and strings."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    raise NestError.at(Pos(file="--set"), f"an override must be text, a number or a boolean, got {type(value).__name__}",
+                           hint="pass the value as the spec would write it, e.g. {\"n_layers\": \"2\"}")

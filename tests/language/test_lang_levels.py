@@ -228,3 +228,18 @@ def test_one_way_read_orders_the_two_boxes(tmp_path):
 def test_independent_boxes_share_a_level(tmp_path):
     lg = check_text(two_boxes("g", "g"), base=tmp_path)
     assert lg.levels == [["W"], ["a", "b"]]
+
+
+def test_in_process_overrides_take_python_values_like_their_spec_text():
+    # nestc.compile(spec, {...}) callers pass numbers and booleans; they mean the same as the
+    # text `--set` would give (this once reached lark as an int and died in its lexer)
+    as_text = graph("hope", c_memory="16", adaptive_q="true", eta_bias="0.5")
+    as_values = graph("hope", c_memory=16, adaptive_q=True, eta_bias=0.5)
+    assert as_sets(as_values) == as_sets(as_text)
+    assert f"{SMT}.M_q" in as_values.graph
+
+
+def test_an_override_of_another_python_type_is_a_diagnostic():
+    with pytest.raises(NestError) as err:
+        graph("hope", c_memory=[16])
+    assert "an override must be text, a number or a boolean, got list" in str(err.value)
