@@ -467,6 +467,14 @@ class DeepMemory(nn.Module):
         b = c = eta ("paper"), or b = 1, c = eta ("neurips")."""
         new_M = []
         step = self.s.dgd_step
+        if torch.compiler.is_compiling():
+            # Inductor recomputes the delta rule's small factors in the backward from saved
+            # inputs, and in long unrolled Hope graphs it gave them a layout with the batch axis
+            # innermost (following the per-head scalars, which arrive heads-last), a layout
+            # ATen's CPU bmm cannot batch: it loops over the batch, copying every item. Pinned
+            # inputs keep most of those calls batched; benchmarks/audit_bmm_layouts.py counts them.
+            theta, lg = fixed_layout_copy(theta), fixed_layout_copy(lg)
+            layers = [(fixed_layout_copy(a), fixed_layout_copy(d)) for a, d in layers]
         for i, ((a, d), m) in enumerate(zip(layers, state["M"])):
             decays = self.s.dgd_decay_keys == "layer" or i == 0
             if step == "exact":
@@ -484,6 +492,21 @@ class DeepMemory(nn.Module):
                 m_new = torch.exp(total[..., 0])[..., None, None] * m - torch.einsum("bhn,bhne,bhnd->bhed", w, d, a)
             new_M.append(m_new)
         return dict(state, M=new_M)
+
+
+@torch.library.custom_op("nestc::fixed_layout_copy", mutates_args=())
+def fixed_layout_copy(x: Tensor) -> Tensor:
+    """A contiguous copy that torch.compile keeps as one (an opaque op: inductor neither fuses it
+    nor re-lays its output out). See `DeepMemory._advance_dgd` for why."""
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+@fixed_layout_copy.register_fake
+def _(x: Tensor) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+fixed_layout_copy.register_autograd(lambda ctx, grad: grad)
 
 
 # ---------------------------------------------------------------------------------------------
