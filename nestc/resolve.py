@@ -1880,9 +1880,6 @@ def resolve_ref(ref: str | Path, overrides: dict[str, str] | None = None) -> Pro
     return resolve(load(ref), overrides)
 
 
-__all__ = ["resolve", "resolve_ref", "Resolver", "parse_file"]
-
-
 def _override_text(value: Any) -> str:
     """An override as spec source: CLI values arrive as text; in-process callers of
     `nestc.compile(spec, {...})` may pass Python numbers, booleans and strings."""
@@ -1892,5 +1889,10 @@ def _override_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    raise NestError.at(Pos(file="--set"), f"an override must be text, a number or a boolean, got {type(value).__name__}",
-                           hint="pass the value as the spec would write it, e.g. {\"n_layers\": \"2\"}")
+    raise NestError.at(Pos(file="--set"),
+                       f"an override must be text, a number or a boolean, got {type(value).__name__}",
+                       hint='pass the value as the spec would write it, e.g. {"n_layers": "2"}')
+
+
+__all__ = ["resolve", "resolve_ref", "Resolver", "parse_file"]
+

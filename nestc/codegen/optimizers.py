@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-import functools
-from functools import reduce
+from functools import cached_property, reduce
 
 import networkx as nx
 
@@ -197,7 +196,7 @@ class OptimizerGen:
             lines += self._variant(i, active, hp)
         return "\n".join(lines)
 
-    @functools.cached_property
+    @cached_property
     def run_time_params(self) -> tuple[str, ...]:
         """The numeric params the update rules read at run time: those a constructor can change.
         A param folded into the generated code when the spec is compiled (a period such as M3's
