@@ -115,6 +115,13 @@ def conv_inputs(B, T, C, W):
     return build
 
 
+def conv1d_short_conv(x, weight, bias=None, state=None):
+    """short_conv's former form, a depthwise F.conv1d (kept here to show why it was replaced)."""
+    padded = torch.cat([state, x], dim=1)
+    y = F.conv1d(padded.transpose(1, 2), weight.unsqueeze(1), bias, groups=x.shape[-1])
+    return y.transpose(1, 2), padded[:, padded.shape[1] - (weight.shape[-1] - 1):]
+
+
 def attention_inputs(B, H, T, D, window, n_prefix):
     def build():
         g = torch.Generator().manual_seed(0)
@@ -168,6 +175,14 @@ REGISTRY: dict[str, list[Case]] = {
     "short_conv": [
         Case("B4 T1024 C256 W4, with state", short_conv, naive_short_conv,
              conv_inputs(4, 1024, 256, 4)),
+        Case("B4 T512 C256 W4 (Titans layer size)", short_conv, naive_short_conv,
+             conv_inputs(4, 512, 256, 4)),
+        Case("same, F.conv1d depthwise (the former form)", conv1d_short_conv, naive_short_conv,
+             conv_inputs(4, 512, 256, 4)),
+        Case("B4 T8 C256 W4 (a Hope chunk piece)", short_conv, naive_short_conv,
+             conv_inputs(4, 8, 256, 4)),
+        Case("same, F.conv1d depthwise (the former form)", conv1d_short_conv, naive_short_conv,
+             conv_inputs(4, 8, 256, 4)),
     ],
     "causal_attention": [
         Case("B4 H4 T1024 D64, window 128 + prefix 16", causal_attention, naive_causal_attention,

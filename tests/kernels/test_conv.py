@@ -1,4 +1,4 @@
-"""short_conv (conv1d) against naive_short_conv (sliding window loop)."""
+"""short_conv (shifted, weighted slices) against naive_short_conv (sliding window loop)."""
 
 from __future__ import annotations
 
