@@ -34,6 +34,7 @@ from .types import COUNTER, LIKE, Ty, boxref, const, head, stream, word
 RESERVED_NAMES = {"x", "in", "M", "step", "lss"}
 MAX_LAYERS = 4096  # layers a model may stack (a bound, so that `repeat 1e9` is an error, not a hang)
 MAX_INT = 2 ** 1024  # compile-time whole numbers beyond a float's range are "too large"
+MAX_MEMORY_DEPTH = 1024  # layers of one MLP memory (Titans studies 1-4; the bound keeps a typo from hanging)
 
 # ---------------------------------------------------------------------------------------------
 # merged namespace
@@ -638,6 +639,11 @@ class Resolver:
                     (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 self.err(e.pos, f"`{k}` of `state {e.func}(...)` must be a positive whole number, "
                          f"got {v!r}")
+                return None
+            if k == "depth" and v is not None and v > MAX_MEMORY_DEPTH:
+                self.err(e.pos, f"`depth` of `state {e.func}(...)` is {v}, more than the "
+                         f"{MAX_MEMORY_DEPTH} layers nestc builds for one memory",
+                         hint="the papers use 1 to 4 layers")
                 return None
         if e.func == "matrix":
             return StateInfo("matrix", d_in=vals["d_in"], d_out=vals["d_out"] or vals["d_in"])

@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .kernels.delta import delta_rule
+from .kernels.delta import delta_rule, delta_rule_step
 
 LOG_FLOOR = -80.0  # log of a gate that is (numerically) zero; exp(-80) underflows cleanly
 
@@ -99,12 +99,13 @@ def mlp_apply(shape: MLPShape, weights: list[Tensor], x: Tensor) -> Tensor:
 
 
 def mlp_layer_grads(shape: MLPShape, weights: list[Tensor], x: Tensor,
-                    out_grad: Callable[[Tensor], Tensor]) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                    out_grad: Callable[[Tensor], Tensor], keep_pre: bool = False):
     """Forward at `weights`, then backward of the per-token objective in closed form.
 
     Returns the prediction and, per layer, (a, delta): the layer's input a_t [B,H,N,in] and the
     gradient of the token's objective w.r.t. the layer's output delta_t [B,H,N,out], so that the
-    token's gradient w.r.t. that layer's weights is delta_t a_tᵀ.
+    token's gradient w.r.t. that layer's weights is delta_t a_tᵀ. With `keep_pre`, also the
+    layers' pre-activations z_t = W a_t [B,H,N,out] (what DGD's delta rule reads at its keys).
     """
     acts, pres = [x], []
     a = x
@@ -122,7 +123,7 @@ def mlp_layer_grads(shape: MLPShape, weights: list[Tensor], x: Tensor,
         if i > 0:
             delta = torch.einsum("bhne,bhed->bhnd", delta, weights[i]) * _act_grad(shape.act, pres[i - 1])
     per_layer.reverse()
-    return pred, per_layer
+    return (pred, per_layer, pres) if keep_pre else (pred, per_layer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,11 +342,11 @@ class DeepMemory(nn.Module):
             if query is not None and self.s.read == "before":
                 outs.append(self.apply(W, query[:, :, s:e]))
             tgt = target(W, s, e) if callable(target) else target[:, :, s:e]
-            _, layers = mlp_layer_grads(self.s.shape, W, k, lambda p: out_grad(p, tgt, s, e))
+            _, layers, pres = mlp_layer_grads(self.s.shape, W, k, lambda p: out_grad(p, tgt, s, e), keep_pre=True)
             if self.s.grad == "stop":
                 layers = [(a.detach(), d.detach()) for a, d in layers]
             state = self._advance(state, layers, _slice_time(lr, s, e), _slice_time(gate, s, e),
-                                  _slice_time(beta, s, e))
+                                  _slice_time(beta, s, e), pres=self._reusable(state, W, pres))
             state = _after_segment(state, e - s, self.s.period, completes, flush and e == T,
                                    self.recorder, self.s.name)
             if query is not None and self.s.read == "after":
@@ -387,13 +388,14 @@ class DeepMemory(nn.Module):
         def body(carry, x):
             W = list(carry["W"])
             tgt = target(W, 0, c) if callable(target) else x["t"]
-            _, layers = mlp_layer_grads(self.s.shape, W, x["k"], lambda p: out_grad(p, tgt, 0, c))
+            _, layers, pres = mlp_layer_grads(self.s.shape, W, x["k"], lambda p: out_grad(p, tgt, 0, c), keep_pre=True)
             if self.s.grad == "stop":
                 layers = [(a.detach(), d.detach()) for a, d in layers]
             st = {"W": W, "M": W, "offset": 0, "pos": 0}
             if momentum:
                 st["S"] = list(carry["S"])
-            st = self._advance(st, layers, x.get("lr", lr), x.get("gate"), x.get("beta", beta))
+            st = self._advance(st, layers, x.get("lr", lr), x.get("gate"), x.get("beta", beta),
+                               pres=self._reusable(st, W, pres))
             # fresh contiguous tensors: scan's carry must not alias its input and must keep the
             # initial layout (the DGD kernel returns transposed states)
             new = {"W": [m.clone(memory_format=torch.contiguous_format) for m in st["M"]]}
@@ -420,7 +422,17 @@ class DeepMemory(nn.Module):
             return fresh
         return state
 
-    def _advance(self, state: dict, layers, lr, gate, beta) -> dict:
+    def _reusable(self, state: dict, W: list[Tensor], pres: list[Tensor]) -> list[Tensor] | None:
+        """The pre-activations of the inner gradients' forward, where they are what DGD's delta
+        rule reads at its keys: the state being advanced is the committed one they were computed
+        at (a chunk that starts on a boundary), and gradients flow through the inner step."""
+        if self.s.optimizer != "dgd" or self.s.grad == "stop":
+            return None
+        if not all(m is w for m, w in zip(state["M"], W)):
+            return None
+        return pres
+
+    def _advance(self, state: dict, layers, lr, gate, beta, pres=None) -> dict:
         """The running state after the segment's tokens, gradients at the committed state."""
         a0 = layers[0][0]
         theta = _as_tokens(lr, a0)  # [B,H,n]
@@ -430,7 +442,7 @@ class DeepMemory(nn.Module):
         opt = self.s.optimizer
         new_M, new_S = [], []
         if opt == "dgd":
-            return self._advance_dgd(state, layers, theta, gate, lg, cum, total)
+            return self._advance_dgd(state, layers, theta, gate, lg, cum, total, pres)
         if opt == "momentum" and beta is not None:
             lb = _log_gate(beta, a0)
             cb = torch.cumsum(lb, dim=-1)  # log B_t
@@ -458,7 +470,7 @@ class DeepMemory(nn.Module):
             new_M.append(gam[..., None, None] * m - torch.einsum("bhn,bhne,bhnd->bhed", w, d, a))
         return dict(state, M=new_M)
 
-    def _advance_dgd(self, state, layers, theta, gate, lg, cum, total) -> dict:
+    def _advance_dgd(self, state, layers, theta, gate, lg, cum, total, pres=None) -> dict:
         """Delta gradient descent, NL Eq. 88, per layer along the layer's own input a_t:
 
             M_t = M_{t-1} (gamma_t I - b_t a_t a_tᵀ) - c_t delta_t a_tᵀ
@@ -475,6 +487,8 @@ class DeepMemory(nn.Module):
             # inputs keep most of those calls batched; benchmarks/audit_bmm_layouts.py counts them.
             theta, lg = fixed_layout_copy(theta), fixed_layout_copy(lg)
             layers = [(fixed_layout_copy(a), fixed_layout_copy(d)) for a, d in layers]
+            if pres is not None:
+                pres = [fixed_layout_copy(z) for z in pres]
         for i, ((a, d), m) in enumerate(zip(layers, state["M"])):
             decays = self.s.dgd_decay_keys == "layer" or i == 0
             if step == "exact":
@@ -484,7 +498,9 @@ class DeepMemory(nn.Module):
                 b, c = theta, theta
             else:
                 b, c = torch.ones_like(theta), theta
-            if decays:
+            if decays and pres is not None:
+                m_new = delta_rule_step(a, -c[..., None] * d, b, lg, m, pres[i])
+            elif decays:
                 _, m_new = delta_rule(None, a, -c[..., None] * d, b=b, log_g=lg,
                                       initial_state=m, chunk=max(a.shape[2], 1))
             else:

@@ -87,7 +87,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["delta_rule", "naive_delta_rule"]
+__all__ = ["delta_rule", "delta_rule_step", "naive_delta_rule"]
 
 
 def delta_rule(
@@ -232,6 +232,58 @@ def delta_rule(
         q_from_state = q_from_state - scores @ m
     o = q_from_state @ torch.stack(entering, dim=2) + scores @ u  # [B, H, N, C, Dv]
     return o.reshape(batch, heads, n_chunks * size, d_v)[:, :, :length], final_state
+
+
+def delta_rule_step(
+    k: Tensor,
+    v: Tensor,
+    b: Tensor,
+    log_g: Tensor | None,
+    initial_state: Tensor,
+    state_keys: Tensor,
+) -> Tensor:
+    """The state after one chunk of the delta rule, given what the entering state reads at its keys.
+
+    ``delta_rule(None, k, v, b, log_g, initial_state, chunk=T)[1]`` when the caller already has
+    ``state_keys[t] = S_0 k_t`` ``[B, H, T, Dv]``: a deep memory's inner step has them, they are
+    its layers' pre-activations at the chunk-start weights (DGD: the keys are the layers' inputs).
+    Then :math:`M S_0^\top = (I + A)^{-1} \operatorname{diag}(b_t \Gamma_{t-1}) (K S_0^\top)`
+    is one more right-hand side of the solve, and the product :math:`M S_0^\top` (one full read
+    of the state per chunk) is not needed:
+
+    .. math::
+
+        S_C^\top = \Gamma_C S_0^\top + \tilde K^\top (U - M S_0^\top).
+
+    Shapes as :func:`delta_rule` (``b`` and ``log_g`` per token ``[B, H, T]``); returns
+    ``[B, H, Dv, Dk]``. The gradient reaches ``S_0`` through ``state_keys`` too, so the caller
+    must pass pre-activations computed from ``initial_state`` itself.
+    """
+    batch, heads, length, d_k = k.shape
+    d_v = v.shape[-1]
+    k_c = k.unsqueeze(2)  # one chunk: [B, H, 1, T, Dk], the layout _ChunkDecay works in
+    b_c = b.expand(batch, heads, length).unsqueeze(2)
+    idx = torch.arange(length, device=k.device)
+    strict = idx[:, None] > idx[None, :]
+    kk = k_c @ k_c.transpose(-1, -2)
+    start = b_c
+    end = k_c
+    if log_g is not None:
+        decay = _ChunkDecay(log_g.expand(batch, heads, length).unsqueeze(2))
+        kk = kk * _masked(decay.prev_minus(), strict)
+        start = start * decay.prev_from_start()  # b_t Γ_{t-1}
+        end = k_c * decay.end_minus()[..., None]  # K̃
+    lower = b_c[..., None] * kk
+    rhs = torch.cat([v.unsqueeze(2), start[..., None] * state_keys.unsqueeze(2)], dim=-1)
+    solved = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
+    pseudo = (solved[..., :d_v] - solved[..., d_v:])[:, :, 0]  # W = U - M S_0ᵀ   [B, H, T, Dv]
+    state_t = initial_state.transpose(-1, -2)  # S_0ᵀ [B, H, Dk, Dv]
+    if log_g is not None:
+        state_t = decay.total()[..., None, None][:, :, 0] * state_t
+    flat = (-1,) + state_t.shape[-2:]
+    new_t = torch.baddbmm(state_t.reshape(flat), end[:, :, 0].transpose(-1, -2).reshape(-1, d_k, length),
+                          pseudo.reshape(-1, length, d_v)).reshape(state_t.shape)
+    return new_t.transpose(-1, -2)
 
 
 class _ChunkDecay:

@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from kernel_testing import assert_close, assert_fast_matches_naive, graph_breaks
 from nestc.runtime.kernels import delta_rule, naive_delta_rule
+from nestc.runtime.kernels.delta import delta_rule_step
 
 # (B, H, T, Dk, Dv, chunk)
 SHAPES = {
@@ -139,3 +140,35 @@ def test_second_order_gradients():
     assert torch.autograd.gradgradcheck(
         lambda *t: delta_rule(**dict(zip(names, t)), chunk=2), tuple(inputs.values())
     )
+
+
+def _step_with_reads(k, v, b, log_g, initial_state):
+    """delta_rule_step as a deep memory calls it: the reads S_0 k_t computed from the state itself,
+    so the gradient reaches S_0 through them as well as through the carried term."""
+    reads = torch.einsum("bhtk,bhvk->bhtv", k, initial_state)
+    return delta_rule_step(k, v, b, log_g, initial_state, reads)
+
+
+def _naive_state(k, v, b, log_g, initial_state):
+    return naive_delta_rule(None, k, v, b=b, log_g=log_g, initial_state=initial_state)[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("use_g", [False, True], ids=["no decay", "decay"])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 16, 24), (1, 2, 1, 4, 4), (2, 1, 5, 64, 8)],
+                         ids=["8 tokens", "1 token", "wide keys"])
+def test_one_chunk_step_with_given_reads_matches_naive(shape, use_g, dtype):
+    """delta_rule_step (M S_0 from the caller's reads, one solve) against the token-by-token
+    recurrence: the state after the chunk and the gradients of k, v, b, log_g and S_0."""
+    B, H, T, Dk, Dv = shape
+    inputs = make_inputs(B, H, T, Dk, Dv, dtype, use_g=use_g, decay=0.5)
+    inputs.pop("q")
+    assert_fast_matches_naive(_step_with_reads, _naive_state, inputs)
+
+
+def test_one_chunk_step_second_order_gradients():
+    inputs = make_inputs(1, 1, 3, 2, 2, torch.float64)
+    inputs.pop("q")
+    names = list(inputs)
+    assert torch.autograd.gradgradcheck(lambda *t: _step_with_reads(**dict(zip(names, t))),
+                                        tuple(inputs.values()))

@@ -171,6 +171,10 @@ NEST_REGRESSIONS = [
     "spec s\nparam a = 1e-300\n",
     # a property named like a YAML key: `kind` turned a weights box into a memory box in YAML
     "spec s\nbox W : weights {\n    kind memory\n    update W\n}\n",
+    # an MLP memory 1e20 layers deep: OverflowError building its shape for `nestc check`
+    "spec s\nblock b {\n    box m : memory {\n        state mlp(4, depth=99999999999999999999)\n"
+    "        keys x\n        values x\n        objective l2(M(k), v)\n        optimizer gd()\n"
+    "    }\n    x = x + m(x)\n}\nmodel {\n    dim 4\n    repeat 1 { b }\n}\n",
 ]
 YAML_REGRESSIONS = [
     # a NUL character: PyYAML's ReaderError escaped
