@@ -1901,4 +1901,3 @@ def _override_text(value: Any) -> str:
 
 
 __all__ = ["resolve", "resolve_ref", "Resolver", "parse_file"]
-

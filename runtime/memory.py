@@ -99,13 +99,13 @@ def mlp_apply(shape: MLPShape, weights: list[Tensor], x: Tensor) -> Tensor:
 
 
 def mlp_layer_grads(shape: MLPShape, weights: list[Tensor], x: Tensor,
-                    out_grad: Callable[[Tensor], Tensor], keep_pre: bool = False):
+                    out_grad: Callable[[Tensor], Tensor]):
     """Forward at `weights`, then backward of the per-token objective in closed form.
 
     Returns the prediction and, per layer, (a, delta): the layer's input a_t [B,H,N,in] and the
     gradient of the token's objective w.r.t. the layer's output delta_t [B,H,N,out], so that the
-    token's gradient w.r.t. that layer's weights is delta_t a_tᵀ. With `keep_pre`, also the
-    layers' pre-activations z_t = W a_t [B,H,N,out] (what DGD's delta rule reads at its keys).
+    token's gradient w.r.t. that layer's weights is delta_t a_tᵀ, and the layers' pre-activations
+    z_t = W a_t [B,H,N,out] (what DGD's delta rule reads at its keys).
     """
     acts, pres = [x], []
     a = x
@@ -123,7 +123,7 @@ def mlp_layer_grads(shape: MLPShape, weights: list[Tensor], x: Tensor,
         if i > 0:
             delta = torch.einsum("bhne,bhed->bhnd", delta, weights[i]) * _act_grad(shape.act, pres[i - 1])
     per_layer.reverse()
-    return (pred, per_layer, pres) if keep_pre else (pred, per_layer)
+    return pred, per_layer, pres
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ class DeepMemory(nn.Module):
             if query is not None and self.s.read == "before":
                 outs.append(self.apply(W, query[:, :, s:e]))
             tgt = target(W, s, e) if callable(target) else target[:, :, s:e]
-            _, layers, pres = mlp_layer_grads(self.s.shape, W, k, lambda p: out_grad(p, tgt, s, e), keep_pre=True)
+            _, layers, pres = mlp_layer_grads(self.s.shape, W, k, lambda p: out_grad(p, tgt, s, e))
             if self.s.grad == "stop":
                 layers = [(a.detach(), d.detach()) for a, d in layers]
             state = self._advance(state, layers, _slice_time(lr, s, e), _slice_time(gate, s, e),
@@ -388,7 +388,7 @@ class DeepMemory(nn.Module):
         def body(carry, x):
             W = list(carry["W"])
             tgt = target(W, 0, c) if callable(target) else x["t"]
-            _, layers, pres = mlp_layer_grads(self.s.shape, W, x["k"], lambda p: out_grad(p, tgt, 0, c), keep_pre=True)
+            _, layers, pres = mlp_layer_grads(self.s.shape, W, x["k"], lambda p: out_grad(p, tgt, 0, c))
             if self.s.grad == "stop":
                 layers = [(a.detach(), d.detach()) for a, d in layers]
             st = {"W": W, "M": W, "offset": 0, "pos": 0}

@@ -154,10 +154,7 @@ def delta_rule(
     if b_c is None:
         u, m = v_c, None
     else:
-        kk = k_c @ k_c.transpose(-1, -2)  # (k_t . k_s)  [B, H, N, C, C]
-        if decay is not None:
-            kk = kk * _masked(decay.prev_minus(), strict)  # Γ_{t-1}/Γ_s, s < t
-        lower = b_c[..., None] * kk  # A_ts; only the strictly lower part is read below
+        lower = _system(k_c, b_c, decay, strict)
         start_k = b_c[..., None] * k_c  # the S_0 coefficient of the right-hand side,
         if decay is not None:  # b_t Γ_{t-1} k_t
             start_k = start_k * decay.prev_from_start()[..., None]
@@ -205,10 +202,7 @@ def delta_rule(
         elif factors is not None:  # Γ S + K̃ᵀ (U - M S), as one fused batched product
             k_n, m_n, u_n = factors
             carried = state_t if decay_ is None else decay_ * state_t
-            flat = (-1,) + carried.shape[-2:]
-            state_t = torch.baddbmm(carried.reshape(flat), k_n.reshape((-1,) + k_n.shape[-2:]),
-                                    (u_n - m_n @ state_t).reshape((-1,) + u_n.shape[-2:])
-                                    ).reshape(carried.shape)
+            state_t = _plus_low_rank(carried, k_n, u_n - m_n @ state_t)
         else:
             state_t = state_t + input_ if decay_ is None else torch.addcmul(input_, decay_, state_t)
     final_state = state_t.transpose(-1, -2)
@@ -265,25 +259,34 @@ def delta_rule_step(
     b_c = b.expand(batch, heads, length).unsqueeze(2)
     idx = torch.arange(length, device=k.device)
     strict = idx[:, None] > idx[None, :]
-    kk = k_c @ k_c.transpose(-1, -2)
-    start = b_c
-    end = k_c
-    if log_g is not None:
-        decay = _ChunkDecay(log_g.expand(batch, heads, length).unsqueeze(2))
-        kk = kk * _masked(decay.prev_minus(), strict)
-        start = start * decay.prev_from_start()  # b_t Γ_{t-1}
-        end = k_c * decay.end_minus()[..., None]  # K̃
-    lower = b_c[..., None] * kk
+    decay = None if log_g is None else _ChunkDecay(log_g.expand(batch, heads, length).unsqueeze(2))
+    lower = _system(k_c, b_c, decay, strict)
+    start = b_c if decay is None else b_c * decay.prev_from_start()  # b_t Γ_{t-1}
+    end = k_c if decay is None else k_c * decay.end_minus()[..., None]  # K̃
     rhs = torch.cat([v.unsqueeze(2), start[..., None] * state_keys.unsqueeze(2)], dim=-1)
     solved = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
     pseudo = (solved[..., :d_v] - solved[..., d_v:])[:, :, 0]  # W = U - M S_0ᵀ   [B, H, T, Dv]
     state_t = initial_state.transpose(-1, -2)  # S_0ᵀ [B, H, Dk, Dv]
-    if log_g is not None:
+    if decay is not None:
         state_t = decay.total()[..., None, None][:, :, 0] * state_t
-    flat = (-1,) + state_t.shape[-2:]
-    new_t = torch.baddbmm(state_t.reshape(flat), end[:, :, 0].transpose(-1, -2).reshape(-1, d_k, length),
-                          pseudo.reshape(-1, length, d_v)).reshape(state_t.shape)
-    return new_t.transpose(-1, -2)
+    return _plus_low_rank(state_t, end[:, :, 0].transpose(-1, -2), pseudo).transpose(-1, -2)
+
+
+def _system(k_c: Tensor, b_c: Tensor, decay: "_ChunkDecay | None", strict: Tensor) -> Tensor:
+    """A of the UT system (I + A) W = V - ...: A_ts = b_t (Γ_{t-1}/Γ_s) (k_t . k_s), read only
+    below the diagonal. [B, H, N, C, C]."""
+    kk = k_c @ k_c.transpose(-1, -2)  # (k_t . k_s)
+    if decay is not None:
+        kk = kk * _masked(decay.prev_minus(), strict)  # Γ_{t-1}/Γ_s, s < t
+    return b_c[..., None] * kk
+
+
+def _plus_low_rank(carried: Tensor, k_t: Tensor, w: Tensor) -> Tensor:
+    """carried + K̃ᵀ W, as one fused batched product: carried [..., Dk, Dv], k_t (K̃ᵀ) [..., Dk, C],
+    w [..., C, Dv]."""
+    flat = (-1,) + carried.shape[-2:]
+    return torch.baddbmm(carried.reshape(flat), k_t.reshape((-1,) + k_t.shape[-2:]),
+                         w.reshape((-1,) + w.shape[-2:])).reshape(carried.shape)
 
 
 class _ChunkDecay:
