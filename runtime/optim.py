@@ -236,6 +236,9 @@ class NestOptimizer(torch.optim.Optimizer):
         Python and every variant's inputs are tensors, so nothing recompiles as steps advance."""
         import torch as _torch
 
+        from .inductor_caches import widen
+
+        widen()
         for i in range(len(getattr(self, "VARIANTS", ()))):
             name = f"_update_{i}"
             setattr(self, name, _torch.compile(getattr(self, name), fullgraph=True, **kwargs))

@@ -195,8 +195,10 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     if not compile:
         return LossFns(lambda x, y, lss: forward_loss(model, x, y, lss),
                        lambda x, y, p, mask=None: probe_loss(model, x, y, p, mask))
+    from .inductor_caches import widen
     from .ops import set_loop_mode
 
+    widen()  # compile time only: the generated code is the same (runtime/inductor_caches.py)
     set_loop_mode(loops)
     # static shapes: a new shape gets its own graph. Symbolic shapes over the unrolled chunk
     # loops send sympy into a search of tens of minutes (seen with a second Titans layer size).
