@@ -334,6 +334,8 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
           iters: int = typer.Option(5, help="timed steps"),
           threads: int = typer.Option(2, help="torch threads"),
           no_compile: bool = typer.Option(False, "--no-compile", help="eager only"),
+          loops: str = typer.Option("unroll", help="how the compiled step traces chunk loops: "
+                                    "unroll (longer compile, faster steps) or scan (body traced once)"),
           json_out: Optional[Path] = typer.Option(None, "--json", help="also write the results here"),
           set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Time a spec's full training step: eager and compiled, tokens/s, compile time, memory."""
@@ -347,16 +349,22 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         from .runtime.bench import bench as run_bench
         from .resolve import resolve_ref
 
+        from .runtime.ops import LOOP_MODES
+
+        if loops not in LOOP_MODES:
+            raise NestError.at(Pos(file="--loops"), f"`--loops {loops}`: not a loop mode",
+                               hint="use one of: " + ", ".join(LOOP_MODES))
         overrides = _overrides(set_)
         program = resolve_ref(spec, overrides)
         b = batch or int(program.train.get("batch", 4))
         t = seq_len or int(program.train.get("seq_len", 128))
-        res = run_bench(spec, overrides, b, t, warmup, iters, threads, compile=not no_compile)
+        res = run_bench(spec, overrides, b, t, warmup, iters, threads, compile=not no_compile,
+                        loops=loops)
         m = res["machine"]
         out.print(f"[bold]nestc bench {spec}[/]  batch {b} × seq {t} = {b * t} tokens/step, "
                   f"{iters} timed steps after {warmup + 1} warm-up")
         out.print(f"{m['cpu']} | {m['threads']} threads | torch {m['torch']} | python {m['python']} "
-                  f"| nestc {m['nestc']}")
+                  f"| nestc {m['nestc']}" + (f" | chunk loops: {loops}" if not no_compile else ""))
         table = Table(header_style="bold")
         for col in ("mode", "step ms (median)", "tokens/s", "compile cold s", "compile warm s",
                     "peak RSS MB", "params"):

@@ -37,9 +37,11 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version(), "nestc": nestc.__version__}
 
 
-def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, seed: int = 0):
+def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, seed: int = 0,
+               loops: str = "unroll"):
     """One full training step of the spec (two-pass loss when it has lss boxes, backward, clip,
-    optimizer step), on random byte tokens; returns (step function, model)."""
+    optimizer step), on random byte tokens; returns (step function, model). `loops`: how a
+    compiled step traces chunk loops (nestc.runtime.ops.LOOP_MODES)."""
     import nestc
     from nestc.runtime.train import make_loss_fns, make_optimizer, signals
 
@@ -47,7 +49,7 @@ def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bo
     compiled = nestc.compile(spec, overrides)
     model = compiled.model(vocab=256)
     optimizer = make_optimizer(compiled, model)
-    fns = make_loss_fns(model, compile=compile)
+    fns = make_loss_fns(model, compile=compile, loops=loops)
     gen = torch.Generator().manual_seed(seed)
 
     def step():
@@ -78,11 +80,12 @@ def time_steps(step, warmup: int, iters: int) -> tuple[float, list[float]]:
 
 
 def measure(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, warmup: int,
-            iters: int) -> dict:
-    step, model = build_step(spec, overrides, batch, seq_len, compile)
+            iters: int, loops: str = "unroll") -> dict:
+    step, model = build_step(spec, overrides, batch, seq_len, compile, loops=loops)
     first, times = time_steps(step, warmup, iters)
     med = statistics.median(times)
-    return {"mode": "compiled" if compile else "eager", "first_step_s": first, "median_s": med,
+    return {"mode": "compiled" if compile else "eager", "loops": loops if compile else None,
+            "first_step_s": first, "median_s": med,
             "min_s": min(times), "max_s": max(times), "tokens_per_s": batch * seq_len / med,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "params": sum(p.numel() for p in model.parameters())}
@@ -96,7 +99,7 @@ def _child(args: dict) -> dict:
     code = ("import json, sys, torch; from nestc.runtime.bench import measure; "
             "a = json.loads(sys.argv[1]); torch.set_num_threads(a['threads']); "
             "print(json.dumps(measure(a['spec'], a['overrides'], a['batch'], a['seq_len'], "
-            "a['compile'], a['warmup'], a['iters'])))")
+            "a['compile'], a['warmup'], a['iters'], a.get('loops', 'unroll'))))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
                          text=True, env=env)
     if out.returncode != 0:
@@ -105,9 +108,9 @@ def _child(args: dict) -> dict:
 
 
 def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, iters: int,
-          threads: int, compile: bool = True) -> dict:
+          threads: int, compile: bool = True, loops: str = "unroll") -> dict:
     base = dict(spec=spec, overrides=overrides, batch=batch, seq_len=seq_len, warmup=warmup,
-                iters=iters, threads=threads)
+                iters=iters, threads=threads, loops=loops)
     rows = [_child(dict(base, compile=False))]
     if compile:
         with tempfile.TemporaryDirectory(prefix="nestc-inductor-") as cache:

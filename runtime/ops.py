@@ -69,15 +69,16 @@ def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int
 
 # How torch.compile traces a chunk loop: "unroll" (one copy of the body per chunk: long compiles,
 # the fastest steps) or "scan" (the body traced once: compiles several times faster, but on CPU
-# inductor runs the scan slower than eager). Measured in the README; set by make_loss_fns.
-_LOOP_MODES = ("unroll", "scan")
+# inductor runs the scan slower than eager; `nestc bench SPEC --loops scan` measures it, the
+# README reports it for Hope). Set by make_loss_fns.
+LOOP_MODES = ("unroll", "scan")
 _loop_mode = "unroll"
 
 
 def set_loop_mode(mode: str) -> None:
     global _loop_mode
-    if mode not in _LOOP_MODES:
-        raise ValueError(f"loop mode must be one of {_LOOP_MODES}, got {mode!r}")
+    if mode not in LOOP_MODES:
+        raise ValueError(f"loop mode must be one of {LOOP_MODES}, got {mode!r}")
     _loop_mode = mode
 
 
