@@ -346,9 +346,8 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         from rich.table import Table
 
         from .atomic import write_text_atomic
-        from .runtime.bench import bench as run_bench
         from .resolve import resolve_ref
-
+        from .runtime.bench import bench as run_bench
         from .runtime.ops import LOOP_MODES
 
         if loops not in LOOP_MODES:
