@@ -655,6 +655,11 @@ class Resolver:
             return None
         dim = vals["dim"]
         out = vals["out"] or dim
+        if not vals["hidden"] and not math.isfinite(dim * expansion):
+            # a finite expansion can still overflow once multiplied by the width
+            self.err(e.pos, f"`expansion` {expansion!r} makes the hidden width of `state "
+                     f"{e.func}({dim}, ...)` infinite", hint="the papers use expansions of 1 to 4")
+            return None
         hidden = vals["hidden"] or int(round(dim * expansion))
         residual = vals["residual"]
         if not isinstance(residual, bool):

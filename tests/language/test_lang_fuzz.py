@@ -175,6 +175,9 @@ NEST_REGRESSIONS = [
     "spec s\nblock b {\n    box m : memory {\n        state mlp(4, depth=99999999999999999999)\n"
     "        keys x\n        values x\n        objective l2(M(k), v)\n        optimizer gd()\n"
     "    }\n    x = x + m(x)\n}\nmodel {\n    dim 4\n    repeat 1 { b }\n}\n",
+    # a finite expansion (1e308) times the width overflowed to inf: OverflowError in int()
+    "spec s\nparam e = 1e308\nblock b {\n    box m : memory {\n        state mlp(4, expansion=e)\n"
+    "    }\n    x = x + m(x)\n}\nmodel {\n    dim 4\n    repeat 1 { b }\n}\n",
 ]
 YAML_REGRESSIONS = [
     # a NUL character: PyYAML's ReaderError escaped
