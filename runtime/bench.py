@@ -99,7 +99,7 @@ def _child(args: dict) -> dict:
     code = ("import json, sys, torch; from nestc.runtime.bench import measure; "
             "a = json.loads(sys.argv[1]); torch.set_num_threads(a['threads']); "
             "print(json.dumps(measure(a['spec'], a['overrides'], a['batch'], a['seq_len'], "
-            "a['compile'], a['warmup'], a['iters'], a.get('loops', 'unroll'))))")
+            "a['compile'], a['warmup'], a['iters'], a['loops'])))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
                          text=True, env=env)
     if out.returncode != 0:

@@ -25,25 +25,43 @@ CACHE_ENTRIES = 1 << 16  # enough for every expression of the largest built-in g
 
 def widen(entries: int = CACHE_ENTRIES) -> bool:
     """Give inductor's vector-stride helpers `entries`-sized caches; True when they have them."""
+    helpers = _helpers()
+    if helpers is None:
+        return False
+    if all(_size(fn) >= entries for fn in helpers[:2]):
+        return True
+    return set_cache_size(entries)
+
+
+def set_cache_size(entries: int) -> bool:
+    """Re-wrap both helpers in `entries`-sized caches, larger or smaller than now (the tests use
+    tiny ones to show the size never changes the generated code); False without the helpers."""
+    helpers = _helpers()
+    if helpers is None:
+        return False
+    stride, simplify, sizevars, cpp = helpers
+    # simplify_index_in_vec_range recurses through its module-level name, and cpp.py imported
+    # stride_at_vec_range by name: rebind the names the callers look up.
+    sizevars.simplify_index_in_vec_range = functools.lru_cache(maxsize=entries)(simplify.__wrapped__)
+    resized = functools.lru_cache(maxsize=entries)(stride.__wrapped__)
+    sizevars.stride_at_vec_range = resized
+    if getattr(cpp, "stride_at_vec_range", None) is stride:
+        cpp.stride_at_vec_range = resized
+    return True
+
+
+def _helpers():
+    """(stride_at_vec_range, simplify_index_in_vec_range, their module, cpp codegen) or None."""
     try:
         from torch._inductor import sizevars
         from torch._inductor.codegen import cpp
     except ImportError:  # a torch without inductor's C++ backend: nothing to tune
-        return False
+        return None
     stride = getattr(sizevars, "stride_at_vec_range", None)
     simplify = getattr(sizevars, "simplify_index_in_vec_range", None)
     if not (_is_lru(stride) and _is_lru(simplify)):
-        return False
-    if _size(stride) >= entries and _size(simplify) >= entries:
-        return True
-    # simplify_index_in_vec_range recurses through its module-level name, and cpp.py imported
-    # stride_at_vec_range by name: rebind the names the callers look up.
-    sizevars.simplify_index_in_vec_range = functools.lru_cache(maxsize=entries)(simplify.__wrapped__)
-    wide = functools.lru_cache(maxsize=entries)(stride.__wrapped__)
-    sizevars.stride_at_vec_range = wide
-    if getattr(cpp, "stride_at_vec_range", None) is stride:
-        cpp.stride_at_vec_range = wide
-    return True
+        return None
+    return stride, simplify, sizevars, cpp
 
 
 def _is_lru(fn) -> bool:

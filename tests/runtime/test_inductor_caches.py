@@ -3,25 +3,14 @@ often they recompute, never what they return or what code inductor writes."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import sympy
 import torch
 
-from nestc.runtime.inductor_caches import widen
+from nestc.runtime.inductor_caches import set_cache_size, widen
 
 sizevars = pytest.importorskip("torch._inductor.sizevars")
 cpp = pytest.importorskip("torch._inductor.codegen.cpp")
-
-
-def _install(maxsize: int) -> None:
-    """Caches of `maxsize` entries on the two helpers, as widen() installs them."""
-    sizevars.simplify_index_in_vec_range = functools.lru_cache(maxsize=maxsize)(
-        sizevars.simplify_index_in_vec_range.__wrapped__)
-    fn = functools.lru_cache(maxsize=maxsize)(sizevars.stride_at_vec_range.__wrapped__)
-    sizevars.stride_at_vec_range = fn
-    cpp.stride_at_vec_range = fn
 
 
 def _index_expressions():
@@ -36,7 +25,7 @@ def _index_expressions():
 
 
 def test_widen_gives_large_caches_over_the_same_functions_and_is_idempotent():
-    _install(128)  # torch's own default
+    assert set_cache_size(128)  # torch's own default
     wrapped = sizevars.stride_at_vec_range.__wrapped__
     assert widen(entries=4096)
     assert sizevars.stride_at_vec_range.cache_info().maxsize == 4096
@@ -77,10 +66,10 @@ def test_inductor_writes_the_same_code_with_one_entry_caches_and_wide_ones():
 
     x, w = torch.randn(2, 16, 32), torch.randn(8, 8)
     try:
-        _install(1)
+        assert set_cache_size(1)
         tiny = _generated_code(heads_and_chunks, x, w)
         asked = sizevars.stride_at_vec_range.cache_info()
-        _install(1 << 16)
+        assert set_cache_size(1 << 16)
         wide = _generated_code(heads_and_chunks, x, w)
     finally:
         widen()
