@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from .diagnostics import NestError, Pos
+from .runtime.devices import DEVICE_HELP, resolve_device
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="nestc: write, see, compile, train and stream nested optimization "
@@ -269,6 +270,7 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
                                             "loss so far (causal: exact, slower)"),
           compile_: bool = typer.Option(False, "--compile", help="torch.compile the step"),
           seed: Optional[int] = typer.Option(None, help="random seed"),
+          device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
           set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Train a spec on text: progress, held-out evaluation, metrics log, plot, checkpoints."""
 
@@ -281,8 +283,9 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
                                hint="stop or skip")
         if lss is not None and lss not in ("sequence", "causal"):
             raise NestError.at(Pos(file="--lss"), f"unknown choice `{lss}`", hint="sequence or causal")
+        resolve_device(device)  # a bad --device fails before anything is built
         compiled = nestc.compile(spec, _overrides(set_))
-        flags = dict(steps=steps, max_minutes=minutes, data=data, tokenizer=tokenizer, batch=batch,
+        flags = dict(device=device, steps=steps, max_minutes=minutes, data=data, tokenizer=tokenizer, batch=batch,
                      seq_len=seq_len, lr=lr, optimizer=optimizer, eval_every=eval_every,
                      checkpoint_every=checkpoint_every, on_nonfinite=on_nonfinite, seed=seed,
                      lss=lss, compile=compile_ or None)
@@ -297,13 +300,15 @@ def generate(checkpoint: Path = typer.Argument(..., help="a checkpoint written b
              tokens: int = typer.Option(200, help="tokens to generate"),
              temperature: float = typer.Option(0.8, help="sampling temperature (0: greedy)"),
              top_k: int = typer.Option(40, "--top-k", help="sample among the k most likely tokens"),
-             seed: int = typer.Option(0, help="sampling seed")) -> None:
+             seed: int = typer.Option(0, help="sampling seed"),
+             device: str = typer.Option("auto", "--device", help=DEVICE_HELP)) -> None:
     """Stream text from a trained model; its memories keep learning as the text arrives."""
 
     def run():
         from .runtime_cli import generate_command
 
-        return generate_command(checkpoint, prompt, tokens, temperature, top_k, seed)
+        return generate_command(checkpoint, prompt, tokens, temperature, top_k, seed,
+                                resolve_device(device))
 
     _run(run)
 
@@ -314,13 +319,14 @@ def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint written by `
                                                           "checkpoint's own held-out split)"),
           batch: int = typer.Option(8, help="sequences per batch"),
           seq_len: Optional[int] = typer.Option(None, "--seq-len", help="tokens per sequence"),
-          max_batches: Optional[int] = typer.Option(None, "--max-batches")) -> None:
+          max_batches: Optional[int] = typer.Option(None, "--max-batches"),
+          device: str = typer.Option("auto", "--device", help=DEVICE_HELP)) -> None:
     """Perplexity of a trained model on held-out text."""
 
     def run():
         from .runtime_cli import eval_command
 
-        return eval_command(checkpoint, data, batch, seq_len, max_batches, out)
+        return eval_command(checkpoint, data, batch, seq_len, max_batches, out, resolve_device(device))
 
     _run(run)
 
@@ -337,6 +343,7 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
           loops: str = typer.Option("unroll", help="how the compiled step traces chunk loops: "
                                     "unroll (longer compile, faster steps) or scan (body traced once)"),
           json_out: Optional[Path] = typer.Option(None, "--json", help="also write the results here"),
+          device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
           set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Time a spec's full training step: eager and compiled, tokens/s, compile time, memory."""
 
@@ -357,23 +364,27 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         program = resolve_ref(spec, overrides)
         b = batch or int(program.train.get("batch", 4))
         t = seq_len or int(program.train.get("seq_len", 128))
+        dev = str(resolve_device(device))
         res = run_bench(spec, overrides, b, t, warmup, iters, threads, compile=not no_compile,
-                        loops=loops)
+                        loops=loops, device=dev)
         m = res["machine"]
         out.print(f"[bold]nestc bench {spec}[/]  batch {b} × seq {t} = {b * t} tokens/step, "
                   f"{iters} timed steps after {warmup + 1} warm-up")
-        out.print(f"{m['cpu']} | {m['threads']} threads | torch {m['torch']} | python {m['python']} "
-                  f"| nestc {m['nestc']}" + (f" | chunk loops: {loops}" if not no_compile else ""))
+        out.print(f"{m['cpu']} | {m['threads']} threads | device {m['device']} | torch {m['torch']} "
+                  f"| python {m['python']} | nestc {m['nestc']}"
+                  + (f" | chunk loops: {loops}" if not no_compile else ""))
+        on_gpu = "peak_gpu_mb" in res["rows"][0]
         table = Table(header_style="bold")
         for col in ("mode", "step ms (median)", "tokens/s", "compile cold s", "compile warm s",
-                    "peak RSS MB", "params"):
+                    "peak RSS MB", *(["peak GPU MB"] if on_gpu else []), "params"):
             table.add_column(col, justify="right" if col != "mode" else "left")
         eager = res["rows"][0]
         for r in res["rows"]:
             table.add_row(r["mode"], f"{r['median_s'] * 1e3:.1f}", f"{r['tokens_per_s']:,.0f}",
                           f"{r.get('compile_cold_s', 0):.1f}" if r["mode"] == "compiled" else "—",
                           f"{r.get('compile_warm_s', 0):.1f}" if r["mode"] == "compiled" else "—",
-                          f"{r['peak_rss_mb']:,.0f}", f"{r['params']:,}")
+                          f"{r['peak_rss_mb']:,.0f}",
+                          *([f"{r['peak_gpu_mb']:,.0f}"] if on_gpu else []), f"{r['params']:,}")
         out.print(table)
         if len(res["rows"]) > 1:
             out.print(f"compiled / eager speed-up: {eager['median_s'] / res['rows'][1]['median_s']:.2f}×")

@@ -120,11 +120,11 @@ def train_command(compiled, flags: dict, out: Path, resume: Path | None, out_con
 
 
 def generate_command(checkpoint: Path, prompt: str, tokens: int, temperature: float, top_k: int,
-                     seed: int) -> int:
+                     seed: int, device="cpu") -> int:
     from .runtime.generate import stream_tokens
     from .runtime.trainer import load_trained
 
-    _compiled, model, tok, _meta = load_trained(checkpoint)
+    _compiled, model, tok, _meta = load_trained(checkpoint, device)
     ids = tok.encode(prompt) if prompt else [tok.encode("\n")[0]]
     sys.stdout.write(prompt)
     sys.stdout.flush()
@@ -146,12 +146,12 @@ def generate_command(checkpoint: Path, prompt: str, tokens: int, temperature: fl
 
 
 def eval_command(checkpoint: Path, data: str | None, batch: int, seq_len: int | None,
-                 max_batches: int | None, console: Console) -> int:
+                 max_batches: int | None, console: Console, device="cpu") -> int:
     from .runtime.data import prepare_corpus
     from .runtime.generate import perplexity
     from .runtime.trainer import load_trained
 
-    _compiled, model, tok, meta = load_trained(checkpoint)
+    _compiled, model, tok, meta = load_trained(checkpoint, device)
     cfg = meta.get("config", {})
     seq_len = seq_len or int(cfg.get("seq_len", 128))
     if data is None:

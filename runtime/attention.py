@@ -29,7 +29,7 @@ class Attention(nn.Module):
             self.persist_v = nn.Parameter(torch.randn(heads, persistent, self.d_head) * INIT_STD)
 
     def initial_state(self, batch: int) -> dict:
-        empty = torch.zeros(batch, self.heads, 0, self.d_head)
+        empty = self.wq.weight.new_zeros(batch, self.heads, 0, self.d_head)  # on the model's device
         return {"k": empty, "v": empty, "pk": empty, "pv": empty, "pos": 0}
 
     def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -33,34 +33,43 @@ def machine() -> dict:
         pass
     import nestc
 
+    from .devices import describe
+
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "nestc": nestc.__version__}
+            "device": describe(torch.device(device)), "torch": torch.__version__, "python": platform.python_version(), "nestc": nestc.__version__}
 
 
 def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, seed: int = 0,
-               loops: str = "unroll"):
+               loops: str = "unroll", device: str = "cpu"):
     """One full training step of the spec (two-pass loss when it has lss boxes, backward, clip,
     optimizer step), on random byte tokens; returns (step function, model). `loops`: how a
-    compiled step traces chunk loops (nestc.runtime.ops.LOOP_MODES)."""
+    compiled step traces chunk loops (nestc.runtime.ops.LOOP_MODES). The model is built on the
+    CPU (the same weights everywhere) and moved to `device`; the step returns once the device's
+    queued work is done, so a host clock around it times the work."""
+    from .devices import synchronize
+
     import nestc
     from nestc.runtime.train import make_loss_fns, make_optimizer, signals
 
     torch.manual_seed(seed)
     compiled = nestc.compile(spec, overrides)
-    model = compiled.model(vocab=256)
+    dev = torch.device(device)
+    model = compiled.model(vocab=256).to(dev)
     optimizer = make_optimizer(compiled, model)
     fns = make_loss_fns(model, compile=compile, loops=loops)
     gen = torch.Generator().manual_seed(seed)
 
     def step():
-        x = torch.randint(0, 256, (batch, seq_len), generator=gen)
-        y = torch.randint(0, 256, (batch, seq_len), generator=gen)
+        x = torch.randint(0, 256, (batch, seq_len), generator=gen).to(dev)
+        y = torch.randint(0, 256, (batch, seq_len), generator=gen).to(dev)
         loss = fns.main(x, y, signals(model, fns, x, y))
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        value = float(loss)
+        synchronize(dev)
+        return value
 
     return step, model
 
@@ -80,11 +89,13 @@ def time_steps(step, warmup: int, iters: int) -> tuple[float, list[float]]:
 
 
 def measure(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, warmup: int,
-            iters: int, loops: str = "unroll") -> dict:
-    step, model = build_step(spec, overrides, batch, seq_len, compile, loops=loops)
+            iters: int, loops: str = "unroll", device: str = "cpu") -> dict:
+    step, model = build_step(spec, overrides, batch, seq_len, compile, loops=loops, device=device)
     first, times = time_steps(step, warmup, iters)
     med = statistics.median(times)
-    return {"mode": "compiled" if compile else "eager", "loops": loops if compile else None,
+    gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated(torch.device(device)) / 2**20} \
+        if torch.device(device).type == "cuda" else {}
+    return {"mode": "compiled" if compile else "eager", "loops": loops if compile else None, **gpu,
             "first_step_s": first, "median_s": med,
             "min_s": min(times), "max_s": max(times), "tokens_per_s": batch * seq_len / med,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -99,7 +110,7 @@ def _child(args: dict) -> dict:
     code = ("import json, sys, torch; from nestc.runtime.bench import measure; "
             "a = json.loads(sys.argv[1]); torch.set_num_threads(a['threads']); "
             "print(json.dumps(measure(a['spec'], a['overrides'], a['batch'], a['seq_len'], "
-            "a['compile'], a['warmup'], a['iters'], a['loops'])))")
+            "a['compile'], a['warmup'], a['iters'], a['loops'], a['device'])))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
                          text=True, env=env)
     if out.returncode != 0:
@@ -108,9 +119,9 @@ def _child(args: dict) -> dict:
 
 
 def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, iters: int,
-          threads: int, compile: bool = True, loops: str = "unroll") -> dict:
+          threads: int, compile: bool = True, loops: str = "unroll", device: str = "cpu") -> dict:
     base = dict(spec=spec, overrides=overrides, batch=batch, seq_len=seq_len, warmup=warmup,
-                iters=iters, threads=threads, loops=loops)
+                iters=iters, threads=threads, loops=loops, device=device)
     rows = [_child(dict(base, compile=False))]
     if compile:
         with tempfile.TemporaryDirectory(prefix="nestc-inductor-") as cache:
@@ -121,4 +132,4 @@ def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, ite
         rows.append(cold)
     torch.set_num_threads(threads)
     return {"spec": spec, "overrides": overrides, "batch": batch, "seq_len": seq_len,
-            "warmup": warmup, "iters": iters, "machine": machine(), "rows": rows}
+            "warmup": warmup, "iters": iters, "machine": machine(device), "rows": rows}

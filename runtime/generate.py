@@ -29,31 +29,34 @@ def stream_tokens(model, prompt_ids: list[int], max_tokens: int, temperature: fl
     committed weights `W`, its running state, its offset in the current chunk, ...) after the
     prompt (n = 0) and after each generated token has gone through the model (n = 1, 2, ...),
     so a caller can watch the memories learn at test time."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.tensor([prompt_ids], dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)  # sampling runs on the CPU (`sample`)
+    dev = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=dev)
     fns = make_loss_fns(model)
     lss = {}
     if model.lss_sites() and ids.shape[1] > 1:
         with torch.enable_grad():
             lss = signals(model, fns, ids[:, :-1], ids[:, 1:])
         lss = {k: torch.cat([v, torch.zeros_like(v[:, :1])], 1) for k, v in lss.items()}
-    zeros = {k: torch.zeros(1, ids.shape[1], w) for k, w in model.lss_sites()}
+    zeros = {k: torch.zeros(1, ids.shape[1], w, device=dev) for k, w in model.lss_sites()}
     logits, state = model(ids, ctx=Ctx(lss=lss or zeros, flush=True))
     if on_state is not None:
         on_state(0, state)
-    step_lss = {k: torch.zeros(1, 1, w) for k, w in model.lss_sites()}
+    step_lss = {k: torch.zeros(1, 1, w, device=dev) for k, w in model.lss_sites()}
     for n in range(1, max_tokens + 1):
         nxt = sample(logits[0, -1], temperature, top_k, gen)
         yield nxt
-        logits, state = model(torch.tensor([[nxt]]), state, Ctx(lss=step_lss))
+        logits, state = model(torch.tensor([[nxt]], device=dev), state, Ctx(lss=step_lss))
         if on_state is not None:
             on_state(n, state)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator) -> int:
+    # on the CPU, with a CPU generator: the same draws from the same logits on every device
+    logits = logits.detach().float().cpu()
     if temperature <= 0:
         return int(logits.argmax())
-    logits = logits.float() / temperature
+    logits = logits / temperature
     if top_k and top_k < logits.shape[-1]:
         cut = torch.topk(logits, top_k).values[-1]
         logits = torch.where(logits < cut, torch.full_like(logits, -math.inf), logits)
@@ -64,8 +67,10 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Gene
 def perplexity(model, data, batch: int, seq_len: int, max_batches: int | None = None) -> dict:
     """Mean next-token loss and perplexity over the held-out part of `data`."""
     fns = make_loss_fns(model)
+    dev = next(model.parameters()).device
     total, n = 0.0, 0
     for x, y in data.eval_batches(batch, seq_len, max_batches=max_batches):
+        x, y = x.to(dev), y.to(dev)
         with torch.enable_grad():
             lss = signals(model, fns, x, y, scope="causal")  # no target reaches an earlier token
         with torch.no_grad():

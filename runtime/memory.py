@@ -401,7 +401,7 @@ class DeepMemory(nn.Module):
             new = {"W": [m.clone(memory_format=torch.contiguous_format) for m in st["M"]]}
             if momentum:
                 new["S"] = [v.clone(memory_format=torch.contiguous_format) for v in st["S"]]
-            y = self.apply(W, x["q"]).clone() if "q" in x else torch.zeros((), dtype=keys.dtype)
+            y = self.apply(W, x["q"]).clone() if "q" in x else keys.new_zeros(())
             return new, y
 
         init = {"W": [w.contiguous() for w in state["W"]]}

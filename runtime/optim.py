@@ -212,7 +212,8 @@ class NestOptimizer(torch.optim.Optimizer):
         for p in params:
             st = self.state[p]
             if not st:
-                st["step"] = torch.zeros((), dtype=torch.float64)
+                # on the parameters' device: a compiled GPU step reads it with no host copy
+                st["step"] = torch.zeros((), dtype=torch.float64, device=p.device)
                 for name in lists:
                     st[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
             for name in lists:
@@ -223,12 +224,15 @@ class NestOptimizer(torch.optim.Optimizer):
         """The group's hyperparameters as 0-d float64 tensors, updated in place, so a schedule
         changing `lr` does not recompile a compiled step."""
         cache = group.setdefault("_nest_hp", {})
+        seen = group.setdefault("_nest_hp_values", {})  # what each tensor holds: no device read
+        device = group["params"][0].device if group["params"] else None
         for k in self.HYPERPARAMETERS:
             v = float(group[k])
-            if k not in cache:
-                cache[k] = torch.tensor(v, dtype=torch.float64)
-            elif float(cache[k]) != v:
+            if k not in cache or cache[k].device != device:  # (a state_dict loads to the CPU)
+                cache[k] = torch.tensor(v, dtype=torch.float64, device=device)
+            elif seen.get(k) != v:
                 cache[k].fill_(v)
+            seen[k] = v
         return cache
 
     def compile_steps(self, **kwargs) -> "NestOptimizer":

@@ -23,6 +23,7 @@ from nestc.diagnostics import NestError, Pos
 from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .context import Ctx
 from .data import prepare_corpus
+from .devices import resolve_device
 from .metrics import MetricsLog, plot_metrics
 from .tokenizers import get_tokenizer, tokenizer_from_config
 from .train import LevelOptimizer, lr_factor, make_loss_fns, make_optimizer, signals
@@ -52,6 +53,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     max_minutes: float | None = None  # stop cleanly (and checkpoint) after this much wall time
     log_every: int = 1
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (runtime/devices.py; the CLI passes auto)
 
 
 class NonFinite(Exception):
@@ -114,10 +116,13 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.console = console
         self.progress = progress
+        self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.tokenizer = get_tokenizer(cfg.tokenizer)
         self.data, self.data_info = prepare_corpus(cfg.data, self.tokenizer, holdout=cfg.holdout)
-        self.model = compiled.model(vocab=self.tokenizer.vocab_size)
+        # built on the CPU with the seeded CPU generator, then moved: the same initial weights on
+        # every device
+        self.model = compiled.model(vocab=self.tokenizer.vocab_size).to(self.device)
         settings = {"lr": cfg.lr} if cfg.lr is not None else None
         self.optimizer: LevelOptimizer = make_optimizer(compiled, self.model, cfg.optimizer, settings)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -184,7 +189,7 @@ class Trainer:
                     raise NestError.at(where, "this checkpoint's model does not match the spec as it is now",
                                        hint="the spec or its --set overrides changed since the checkpoint; "
                                             "resume with the same spec and settings")
-                p.grad = g.to(dtype=p.dtype).clone()
+                p.grad = g.to(device=p.device, dtype=p.dtype).clone()
         self.step = int(meta["step"])
         self.tokens_seen = int(meta.get("tokens_seen", 0))
         torch.set_rng_state(torch.tensor(meta["rng"], dtype=torch.uint8))
@@ -207,6 +212,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, Any]:
         x, y = self.data.batch(self.step, self.cfg.batch, self.cfg.seq_len, seed=self.cfg.seed)
+        x, y = x.to(self.device), y.to(self.device)
         self._set_lr()
         start = time.perf_counter()
         self.model.train()
@@ -306,6 +312,7 @@ class Trainer:
         self.model.eval()
         losses, count = 0.0, 0
         for x, y in self.data.eval_batches(self.cfg.batch, self.cfg.seq_len, max_batches=self.cfg.eval_batches):
+            x, y = x.to(self.device), y.to(self.device)
             with torch.enable_grad():
                 lss = signals(self.model, self.fns, x, y, scope="causal")
             losses += float(self.fns.main(x, y, lss)) * x.shape[0]
@@ -389,8 +396,9 @@ class Trainer:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_trained(path: str | Path):
-    """(compiled, model, tokenizer, meta) from a checkpoint written by `nestc train`."""
+def load_trained(path: str | Path, device: str | torch.device = "cpu"):
+    """(compiled, model, tokenizer, meta) from a checkpoint written by `nestc train`; the model
+    on `device`."""
     from nestc.bundle import compile_bundle
 
     tensors, meta = load_checkpoint(path)
@@ -407,5 +415,5 @@ def load_trained(path: str | Path):
     except RuntimeError:
         raise NestError.at(where, "the checkpoint's tensors do not fit the model its spec describes",
                            hint="the checkpoint is damaged or was edited") from None
-    model.eval()
+    model.to(device).eval()
     return compiled, model, tokenizer, meta

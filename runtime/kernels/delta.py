@@ -236,7 +236,7 @@ def delta_rule_step(
     initial_state: Tensor,
     state_keys: Tensor,
 ) -> Tensor:
-    """The state after one chunk of the delta rule, given what the entering state reads at its keys.
+    r"""The state after one chunk of the delta rule, given what the entering state reads at its keys.
 
     ``delta_rule(None, k, v, b, log_g, initial_state, chunk=T)[1]`` when the caller already has
     ``state_keys[t] = S_0 k_t`` ``[B, H, T, Dv]``: a deep memory's inner step has them, they are
