@@ -329,7 +329,7 @@ class Trainer:
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None)
         if not resume:
             self.log.write({"step": 0, "kind": "run", "spec": self.compiled.program.name,
-                            "config": asdict(self.cfg), "data": self.data_info,
+                            "config": asdict(self.cfg), "device": str(self.device), "data": self.data_info,
                             "params": sum(p.numel() for p in self.model.parameters())})
         wall0 = time.perf_counter()
         stopped = None

@@ -67,8 +67,11 @@ def sets(overrides: dict[str, str]) -> list[str]:
 
 
 def nestc_cli(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`nestc ARGS...` in a subprocess (one torch thread), output captured as text."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200")
+    """`nestc ARGS...` in a subprocess (one torch thread, on the CPU even where there is a GPU:
+    `--device auto` would take it, and these tests compare runs bit for bit), output captured
+    as text."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200",
+               CUDA_VISIBLE_DEVICES="")
     env.pop("NESTC_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "nestc.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=cwd or ROOT)
