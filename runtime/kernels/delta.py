@@ -119,6 +119,8 @@ def delta_rule(
     Returns:
         ``(o [B, H, T, Dv] or None, final_state [B, H, Dv, Dk])``.
     """
+    if _autocast_on(k):
+        return _in_float32(delta_rule, q, k, v, b, log_g, initial_state, chunk=chunk, inclusive=inclusive)
     batch, heads, length, d_k = k.shape
     d_v = v.shape[-1]
     if chunk < 1:
@@ -161,7 +163,7 @@ def delta_rule(
         # One solve for both right-hand sides; unitriangular=True ignores the diagonal and
         # upper part of `lower` and takes 1 on the diagonal, i.e. it solves (I + A) X = R.
         rhs = torch.cat([v_c, start_k], dim=-1)
-        solved = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
+        solved = _solve_unit_lower(lower, rhs)
         u, m = solved[..., :d_v], solved[..., d_v:]
 
     # Carried state, transposed (Sᵀ: [Dk, Dv]) so every product is a right-multiplication:
@@ -253,6 +255,8 @@ def delta_rule_step(
     ``[B, H, Dv, Dk]``. The gradient reaches ``S_0`` through ``state_keys`` too, so the caller
     must pass pre-activations computed from ``initial_state`` itself.
     """
+    if _autocast_on(k):
+        return _in_float32(delta_rule_step, k, v, b, log_g, initial_state, state_keys)
     batch, heads, length, d_k = k.shape
     d_v = v.shape[-1]
     k_c = k.unsqueeze(2)  # one chunk: [B, H, 1, T, Dk], the layout _ChunkDecay works in
@@ -264,12 +268,40 @@ def delta_rule_step(
     start = b_c if decay is None else b_c * decay.prev_from_start()  # b_t Γ_{t-1}
     end = k_c if decay is None else k_c * decay.end_minus()[..., None]  # K̃
     rhs = torch.cat([v.unsqueeze(2), start[..., None] * state_keys.unsqueeze(2)], dim=-1)
-    solved = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
+    solved = _solve_unit_lower(lower, rhs)
     pseudo = (solved[..., :d_v] - solved[..., d_v:])[:, :, 0]  # W = U - M S_0ᵀ   [B, H, T, Dv]
     state_t = initial_state.transpose(-1, -2)  # S_0ᵀ [B, H, Dk, Dv]
     if decay is not None:
         state_t = decay.total()[..., None, None][:, :, 0] * state_t
     return _plus_low_rank(state_t, end[:, :, 0].transpose(-1, -2), pseudo).transpose(-1, -2)
+
+
+def _autocast_on(x: Tensor) -> bool:
+    kind = x.device.type
+    return kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind)
+
+
+def _in_float32(kernel, *args, **kwargs):
+    """`kernel` with autocast off and its half-precision tensors in float32. Under mixed
+    precision the delta rule still carries its state in float32: the state is a memory that
+    accumulates over the whole sequence, and products rounded to bfloat16 every chunk would
+    round the memory itself (measured: DeltaNet's state came out in bfloat16). The kernel's
+    intra-chunk products give up the bf16 speed-up with it."""
+    def up(x):
+        return x.float() if torch.is_tensor(x) and x.dtype in (torch.bfloat16, torch.float16) else x
+
+    device = next(a for a in args if torch.is_tensor(a)).device.type
+    with torch.autocast(device, enabled=False):
+        return kernel(*map(up, args), **{key: up(val) for key, val in kwargs.items()})
+
+
+def _solve_unit_lower(lower: Tensor, rhs: Tensor) -> Tensor:
+    """X with (I + strictly-lower part of `lower`) X = rhs, in float32 at least. Under autocast
+    the products before it hand it bfloat16 operands: the CPU has no half-precision triangular
+    solve, and this solve is where a chunk's keys interact, so it keeps full precision (its
+    result promotes what it meets downstream to float32). A no-op cast in float32."""
+    dtype = torch.promote_types(torch.promote_types(lower.dtype, rhs.dtype), torch.float32)
+    return torch.linalg.solve_triangular(lower.to(dtype), rhs.to(dtype), upper=False, unitriangular=True)
 
 
 def _system(k_c: Tensor, b_c: Tensor, decay: "_ChunkDecay | None", strict: Tensor) -> Tensor:
