@@ -4,6 +4,7 @@
     python benchmarks/bench_builtins.py --specs titans,hope  # some
     python benchmarks/bench_builtins.py --table-only         # re-print the table from saved JSON
     python benchmarks/bench_builtins.py --device cuda --results benchmarks/results/h100  # on a GPU
+    python benchmarks/bench_builtins.py --precision bf16 --results benchmarks/results/bf16
 
 Each spec's JSON (machine, versions, config, every row) is saved to RESULTS/bench_<spec>.json
 (RESULTS: benchmarks/results unless --results says otherwise) by `nestc bench --json`; the
@@ -29,9 +30,10 @@ def model_specs() -> list[str]:
     return [n for n in builtin_names() if nestc.compile(n).program.layers]
 
 
-def run(spec: str, iters: int, warmup: int, eager_only: bool, device: str, results: Path) -> bool:
+def run(spec: str, iters: int, warmup: int, eager_only: bool, device: str, results: Path,
+        precision: str = "fp32") -> bool:
     cmd = [sys.executable, "-m", "nestc.cli", "bench", spec, "--iters", str(iters), "--warmup", str(warmup),
-           "--device", device, "--json", str(results / f"bench_{spec}.json")]
+           "--device", device, "--precision", precision, "--json", str(results / f"bench_{spec}.json")]
     if eager_only:
         cmd.append("--no-compile")
     print("$", " ".join(cmd[2:]), flush=True)
@@ -66,6 +68,7 @@ def table(specs: list[str], results: Path = RESULTS) -> str:
         device = machine.get("device", "cpu")
         lines.append(f"{machine['cpu']}, {machine['threads']} threads"
                      + (f", {device}" if device != "cpu" else "")
+                     + (f", {precision}" if (precision := res.get("precision", "fp32")) != "fp32" else "")
                      + f", torch {machine['torch']}, python {machine['python']}, nestc {machine['nestc']}")
     return "\n".join(lines)
 
@@ -79,13 +82,15 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (nestc bench --device)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the JSON files go")
+    ap.add_argument("--precision", default="fp32", help="fp32 or bf16 (nestc bench --precision)")
     args = ap.parse_args()
     specs = args.specs.split(",") if args.specs else model_specs()
     args.results.mkdir(parents=True, exist_ok=True)
     failed = []
     if not args.table_only:
         for spec in specs:
-            if not run(spec, args.iters, args.warmup, args.eager_only, args.device, args.results):
+            if not run(spec, args.iters, args.warmup, args.eager_only, args.device, args.results,
+                       args.precision):
                 failed.append(spec)
     print(table(specs, args.results))
     if failed:

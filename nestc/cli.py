@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from .diagnostics import NestError, Pos
-from .runtime.devices import DEVICE_HELP, resolve_device
+from .runtime.devices import DEVICE_HELP, PRECISION_HELP, check_precision, resolve_device
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="nestc: write, see, compile, train and stream nested optimization "
@@ -271,6 +271,7 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
           compile_: bool = typer.Option(False, "--compile", help="torch.compile the step"),
           seed: Optional[int] = typer.Option(None, help="random seed"),
           device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+          precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
           set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Train a spec on text: progress, held-out evaluation, metrics log, plot, checkpoints."""
 
@@ -283,9 +284,10 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
                                hint="stop or skip")
         if lss is not None and lss not in ("sequence", "causal"):
             raise NestError.at(Pos(file="--lss"), f"unknown choice `{lss}`", hint="sequence or causal")
-        resolve_device(device)  # a bad --device fails before anything is built
+        resolve_device(device)  # a bad --device or --precision fails before anything is built
+        check_precision(precision)
         compiled = nestc.compile(spec, _overrides(set_))
-        flags = dict(device=device, steps=steps, max_minutes=minutes, data=data, tokenizer=tokenizer, batch=batch,
+        flags = dict(device=device, precision=precision, steps=steps, max_minutes=minutes, data=data, tokenizer=tokenizer, batch=batch,
                      seq_len=seq_len, lr=lr, optimizer=optimizer, eval_every=eval_every,
                      checkpoint_every=checkpoint_every, on_nonfinite=on_nonfinite, seed=seed,
                      lss=lss, compile=compile_ or None)
@@ -344,6 +346,7 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
                                     "unroll (longer compile, faster steps) or scan (body traced once)"),
           json_out: Optional[Path] = typer.Option(None, "--json", help="also write the results here"),
           device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+          precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
           set_: List[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Time a spec's full training step: eager and compiled, tokens/s, compile time, memory."""
 
@@ -365,12 +368,14 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         b = batch or int(program.train.get("batch", 4))
         t = seq_len or int(program.train.get("seq_len", 128))
         dev = str(resolve_device(device))
+        check_precision(precision)
         res = run_bench(spec, overrides, b, t, warmup, iters, threads, compile=not no_compile,
-                        loops=loops, device=dev)
+                        loops=loops, device=dev, precision=precision)
         m = res["machine"]
         out.print(f"[bold]nestc bench {spec}[/]  batch {b} × seq {t} = {b * t} tokens/step, "
                   f"{iters} timed steps after {warmup + 1} warm-up")
-        out.print(f"{m['cpu']} | {m['threads']} threads | device {m['device']} | torch {m['torch']} "
+        out.print(f"{m['cpu']} | {m['threads']} threads | device {m['device']} | {precision} "
+                  f"| torch {m['torch']} "
                   f"| python {m['python']} | nestc {m['nestc']}"
                   + (f" | chunk loops: {loops}" if not no_compile else ""))
         on_gpu = "peak_gpu_mb" in res["rows"][0]

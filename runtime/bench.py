@@ -40,13 +40,14 @@ def machine(device: str = "cpu") -> dict:
 
 
 def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, seed: int = 0,
-               loops: str = "unroll", device: str = "cpu"):
+               loops: str = "unroll", device: str = "cpu", precision: str = "fp32"):
     """One full training step of the spec (two-pass loss when it has lss boxes, backward, clip,
     optimizer step), on random byte tokens; returns (step function, model). `loops`: how a
     compiled step traces chunk loops (nestc.runtime.ops.LOOP_MODES). The model is built on the
     CPU (the same weights everywhere) and moved to `device`; the step returns once the device's
-    queued work is done, so a host clock around it times the work."""
-    from .devices import synchronize
+    queued work is done, so a host clock around it times the work. `precision`: fp32, or bf16
+    (the forward passes under autocast, as `nestc train --precision bf16` runs them)."""
+    from .devices import autocast, synchronize
 
     import nestc
     from nestc.runtime.train import make_loss_fns, make_optimizer, signals
@@ -62,7 +63,8 @@ def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bo
     def step():
         x = torch.randint(0, 256, (batch, seq_len), generator=gen).to(dev)
         y = torch.randint(0, 256, (batch, seq_len), generator=gen).to(dev)
-        loss = fns.main(x, y, signals(model, fns, x, y))
+        with autocast(dev, precision):
+            loss = fns.main(x, y, signals(model, fns, x, y))
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
         optimizer.step()
@@ -89,13 +91,15 @@ def time_steps(step, warmup: int, iters: int) -> tuple[float, list[float]]:
 
 
 def measure(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, warmup: int,
-            iters: int, loops: str = "unroll", device: str = "cpu") -> dict:
-    step, model = build_step(spec, overrides, batch, seq_len, compile, loops=loops, device=device)
+            iters: int, loops: str = "unroll", device: str = "cpu", precision: str = "fp32") -> dict:
+    step, model = build_step(spec, overrides, batch, seq_len, compile, loops=loops, device=device,
+                             precision=precision)
     first, times = time_steps(step, warmup, iters)
     med = statistics.median(times)
     gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated(torch.device(device)) / 2**20} \
         if torch.device(device).type == "cuda" else {}
-    return {"mode": "compiled" if compile else "eager", "loops": loops if compile else None, **gpu,
+    return {"mode": "compiled" if compile else "eager", "loops": loops if compile else None,
+            "precision": precision, **gpu,
             "first_step_s": first, "median_s": med,
             "min_s": min(times), "max_s": max(times), "tokens_per_s": batch * seq_len / med,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -110,7 +114,7 @@ def _child(args: dict) -> dict:
     code = ("import json, sys, torch; from nestc.runtime.bench import measure; "
             "a = json.loads(sys.argv[1]); torch.set_num_threads(a['threads']); "
             "print(json.dumps(measure(a['spec'], a['overrides'], a['batch'], a['seq_len'], "
-            "a['compile'], a['warmup'], a['iters'], a['loops'], a['device'])))")
+            "a['compile'], a['warmup'], a['iters'], a['loops'], a['device'], a['precision'])))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
                          text=True, env=env)
     if out.returncode != 0:
@@ -119,9 +123,10 @@ def _child(args: dict) -> dict:
 
 
 def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, iters: int,
-          threads: int, compile: bool = True, loops: str = "unroll", device: str = "cpu") -> dict:
+          threads: int, compile: bool = True, loops: str = "unroll", device: str = "cpu",
+          precision: str = "fp32") -> dict:
     base = dict(spec=spec, overrides=overrides, batch=batch, seq_len=seq_len, warmup=warmup,
-                iters=iters, threads=threads, loops=loops, device=device)
+                iters=iters, threads=threads, loops=loops, device=device, precision=precision)
     rows = [_child(dict(base, compile=False))]
     if compile:
         with tempfile.TemporaryDirectory(prefix="nestc-inductor-") as cache:
@@ -132,4 +137,5 @@ def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, ite
         rows.append(cold)
     torch.set_num_threads(threads)
     return {"spec": spec, "overrides": overrides, "batch": batch, "seq_len": seq_len,
-            "warmup": warmup, "iters": iters, "machine": machine(device), "rows": rows}
+            "warmup": warmup, "iters": iters, "precision": precision, "machine": machine(device),
+            "rows": rows}

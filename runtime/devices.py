@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (the GPU when there is one, else the CPU)"
+PRECISIONS = ("fp32", "bf16")
+PRECISION_HELP = ("fp32 (default) or bf16: matrix products in bfloat16 under torch.autocast, "
+                  "parameters, gradients and memory states in float32")
 
 
 def resolve_device(name: str | None) -> "torch.device":
@@ -61,3 +64,22 @@ def describe(device: "torch.device") -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     return "cpu"
+
+
+def check_precision(name: str) -> str:
+    if name not in PRECISIONS:
+        raise NestError.at(Pos(file="--precision"), f"`--precision {name}`: not a precision",
+                           hint=PRECISION_HELP)
+    return name
+
+
+def autocast(device: "torch.device", precision: str):
+    """The context a forward pass runs in: nothing for fp32; for bf16, torch.autocast (matrix
+    products in bfloat16; the delta rule keeps its state in float32, see runtime/kernels/delta)."""
+    import contextlib
+
+    import torch
+
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -23,7 +23,7 @@ from nestc.diagnostics import NestError, Pos
 from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .context import Ctx
 from .data import prepare_corpus
-from .devices import resolve_device
+from .devices import autocast, check_precision, resolve_device
 from .metrics import MetricsLog, plot_metrics
 from .tokenizers import get_tokenizer, tokenizer_from_config
 from .train import LevelOptimizer, lr_factor, make_loss_fns, make_optimizer, signals
@@ -54,6 +54,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop cleanly (and checkpoint) after this much wall time
     log_every: int = 1
     device: str = "cpu"  # cpu, cuda, cuda:N or auto (runtime/devices.py; the CLI passes auto)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; runtime/devices.py)
 
 
 class NonFinite(Exception):
@@ -117,6 +118,7 @@ class Trainer:
         self.console = console
         self.progress = progress
         self.device = resolve_device(cfg.device)
+        check_precision(cfg.precision)
         torch.manual_seed(cfg.seed)
         self.tokenizer = get_tokenizer(cfg.tokenizer)
         self.data, self.data_info = prepare_corpus(cfg.data, self.tokenizer, holdout=cfg.holdout)
@@ -216,7 +218,8 @@ class Trainer:
         self._set_lr()
         start = time.perf_counter()
         self.model.train()
-        lss = signals(self.model, self.fns, x, y, scope=self.cfg.lss)
+        with autocast(self.device, self.cfg.precision):
+            lss = signals(self.model, self.fns, x, y, scope=self.cfg.lss)
         for k, s in lss.items():
             if not torch.isfinite(s).all():
                 layer, _, box = k.partition(".")
@@ -224,7 +227,8 @@ class Trainer:
                                 + self._origin(x, Ctx(probing=True, lss={k: torch.zeros_like(v)
                                                                          for k, v in lss.items()})),
                                 self.step + 1)
-        loss = self.fns.main(x, y, lss)
+        with autocast(self.device, self.cfg.precision):
+            loss = self.fns.main(x, y, lss)
         if not torch.isfinite(loss):
             raise NonFinite("the training loss" + self._origin(x, Ctx(lss=lss)), self.step + 1)
         slow = {p: p.grad.clone() for p in self.model.parameters()
@@ -313,9 +317,10 @@ class Trainer:
         losses, count = 0.0, 0
         for x, y in self.data.eval_batches(self.cfg.batch, self.cfg.seq_len, max_batches=self.cfg.eval_batches):
             x, y = x.to(self.device), y.to(self.device)
-            with torch.enable_grad():
-                lss = signals(self.model, self.fns, x, y, scope="causal")
-            losses += float(self.fns.main(x, y, lss)) * x.shape[0]
+            with autocast(self.device, self.cfg.precision):
+                with torch.enable_grad():
+                    lss = signals(self.model, self.fns, x, y, scope="causal")
+                losses += float(self.fns.main(x, y, lss)) * x.shape[0]
             count += x.shape[0]
         self.model.train()
         loss = losses / max(count, 1)
