@@ -287,8 +287,8 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
         resolve_device(device)  # a bad --device or --precision fails before anything is built
         check_precision(precision)
         compiled = nestc.compile(spec, _overrides(set_))
-        flags = dict(device=device, precision=precision, steps=steps, max_minutes=minutes, data=data, tokenizer=tokenizer, batch=batch,
-                     seq_len=seq_len, lr=lr, optimizer=optimizer, eval_every=eval_every,
+        flags = dict(device=device, precision=precision, steps=steps, max_minutes=minutes, data=data,
+                     tokenizer=tokenizer, batch=batch, seq_len=seq_len, lr=lr, optimizer=optimizer, eval_every=eval_every,
                      checkpoint_every=checkpoint_every, on_nonfinite=on_nonfinite, seed=seed,
                      lss=lss, compile=compile_ or None)
         return train_command(compiled, flags, out, resume, out_console=out, err_console=err_console)

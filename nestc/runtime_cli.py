@@ -91,8 +91,8 @@ def train_command(compiled, flags: dict, out: Path, resume: Path | None, out_con
     err_console.print(f"[bold]{compiled.program.name}[/]: {params / 1e6:.2f}M parameters, "
                       f"{len(compiled.program.layers)} layers; data: {trainer.data_info['source']} "
                       f"({trainer.data_info['train_tokens']:,} train / {trainer.data_info['heldout_tokens']:,} "
-                      f"held-out tokens, {trainer.tokenizer.name} tokens); device: {describe(trainer.device)}, {cfg.precision}; "
-                      f"run folder: {out}")
+                      f"held-out tokens, {trainer.tokenizer.name} tokens); "
+                      f"device: {describe(trainer.device)}, {cfg.precision}; run folder: {out}")
     live = Live(view, console=err_console, refresh_per_second=4, transient=False,
                 redirect_stdout=False) if err_console.is_terminal else None
     if live:

@@ -36,7 +36,8 @@ def machine(device: str = "cpu") -> dict:
     from .devices import describe
 
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-            "device": describe(torch.device(device)), "torch": torch.__version__, "python": platform.python_version(), "nestc": nestc.__version__}
+            "device": describe(torch.device(device)), "torch": torch.__version__,
+            "python": platform.python_version(), "nestc": nestc.__version__}
 
 
 def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, seed: int = 0,

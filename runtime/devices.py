@@ -1,9 +1,10 @@
-"""Where a run's tensors live: the `--device` option of train, generate, eval and bench.
+"""Where a run's tensors live and in what precision it computes: the `--device` option of
+train, generate, eval and bench, and the `--precision` option of train and bench.
 
 "auto" is the first GPU when torch sees one, else the CPU. A name torch cannot parse, or a GPU
 this machine does not have, is a one-screen error (exit 2) before anything is built, never a
-CUDA traceback halfway through a run. torch is imported on first use, so the CLI can read
-DEVICE_HELP without paying for it.
+CUDA traceback halfway through a run; so is an unknown precision. torch is imported on first
+use, so the CLI can read the help texts without paying for it.
 """
 
 from __future__ import annotations
