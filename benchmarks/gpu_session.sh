@@ -2,6 +2,12 @@
 # One lease of a GPU machine (no network there): install nestc's pure-Python dependencies from
 # wheels carried in .whl/, run the GPU tests, then benchmark specs with the time left.
 #   usage: bash benchmarks/gpu_session.sh SECONDS SPEC[,SPEC...]   (logs and results under $OUT)
+# The wheels, fetched beforehand on a machine with the package index (python 3.12 is the GPU
+# image's; .whl/ is git-ignored locally through .git/info/exclude):
+#   for p in lark pydantic pydantic_core annotated-types typing-inspection typing_extensions; do
+#     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux2014_x86_64 -d .whl "$p"; done
+# (pydantic_core must be the version the pydantic wheel pins: see its Requires-Dist.)
 set -u
 budget=$1; specs=$2; start=$(date +%s); out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 COLUMNS=160
