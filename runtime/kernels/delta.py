@@ -296,10 +296,10 @@ def _in_float32(kernel, *args, **kwargs):
 
 
 def _solve_unit_lower(lower: Tensor, rhs: Tensor) -> Tensor:
-    """X with (I + strictly-lower part of `lower`) X = rhs, in float32 at least. Under autocast
-    the products before it hand it bfloat16 operands: the CPU has no half-precision triangular
-    solve, and this solve is where a chunk's keys interact, so it keeps full precision (its
-    result promotes what it meets downstream to float32). A no-op cast in float32."""
+    """X with (I + strictly-lower part of `lower`) X = rhs, in float32 at least: the CPU has no
+    half-precision triangular solve, and this solve is where a chunk's keys interact. Under
+    autocast the whole kernel already runs in float32 (`_in_float32`); this covers half-precision
+    operands passed in without it. A no-op cast in float32."""
     dtype = torch.promote_types(torch.promote_types(lower.dtype, rhs.dtype), torch.float32)
     return torch.linalg.solve_triangular(lower.to(dtype), rhs.to(dtype), upper=False, unitriangular=True)
 

@@ -12,26 +12,7 @@ import nestc
 from nestc.loader import builtin_names
 from nestc.runtime.train import forward_loss, probe_loss
 
-SHRINK = {
-    "transformer": {},
-    "linear_attention": {},
-    "deltanet": {},
-    "gated_deltanet": {},
-    "titans": {"chunk": "4"},
-    "titans_mac": {"chunk": "4"},
-    "titans_mag": {"chunk": "4", "window": "6"},
-    "titans_mal": {"chunk": "4", "window": "6"},
-    "cms": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
-    "cms_nested": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
-    "cms_independent": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
-    "hope_attention": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
-    "hope": {"c_fast": "2", "c_mid": "4", "c_slow": "8", "c_memory": "8", "c_other": "4"},
-}
-MODEL_SPECS = sorted(SHRINK)
-
-
-def small(name):
-    return nestc.compile(name, {"n_layers": "1", "d_model": "32", "heads": "2", **SHRINK[name]})
+from small_models import MODEL_SPECS, small
 
 
 def test_every_model_spec_is_covered():

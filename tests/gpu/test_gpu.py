@@ -18,27 +18,14 @@ import torch
 import torch._dynamo
 
 import nestc
-from nestc.runtime.train import forward_loss, make_loss_fns, make_optimizer, signals
+from nestc.runtime.train import forward_loss
+
+from small_models import MODEL_SPECS, SMALL, loss_and_grads, small
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU = torch.device("cuda")
-SMALL = {"n_layers": "1", "d_model": "32", "heads": "2"}
-SHRINK = {  # chunk sizes that put several chunks in 32 tokens (the same as tests/compile)
-    "transformer": {}, "linear_attention": {}, "deltanet": {}, "gated_deltanet": {},
-    "titans": {"chunk": "4"}, "titans_mac": {"chunk": "4"},
-    "titans_mag": {"chunk": "4", "window": "6"}, "titans_mal": {"chunk": "4", "window": "6"},
-    "cms": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
-    "cms_nested": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
-    "cms_independent": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
-    "hope_attention": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
-    "hope": {"c_fast": "2", "c_mid": "4", "c_slow": "8", "c_memory": "8", "c_other": "4"},
-}
-
-
-def small(name):
-    return nestc.compile(name, {**SMALL, **SHRINK[name]})
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,22 +40,7 @@ def batch(b=2, t=32, seed=0):
     return torch.randint(0, 256, (b, t), generator=g), torch.randint(0, 256, (b, t), generator=g)
 
 
-def loss_and_grads(model, x, y):
-    """The full two-pass loss (local surprise signals first, when the model has lss boxes) and
-    the gradients of every parameter."""
-    fns = make_loss_fns(model)
-    loss = fns.main(x, y, signals(model, fns, x, y))
-    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-    return loss, grads
-
-
-def test_every_model_spec_is_covered():
-    from nestc.loader import builtin_names
-
-    assert sorted(n for n in builtin_names() if nestc.compile(n).program.layers) == sorted(SHRINK)
-
-
-@pytest.mark.parametrize("name", sorted(SHRINK))
+@pytest.mark.parametrize("name", MODEL_SPECS)
 def test_eager_step_on_the_gpu_equals_the_cpu(name):
     """Loss and every gradient (inner updates included) agree with the CPU's in fp32."""
     torch.manual_seed(0)

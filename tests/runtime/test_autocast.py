@@ -8,20 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import nestc
-from nestc.loader import builtin_names
 from nestc.runtime.context import Ctx
-from nestc.runtime.train import make_loss_fns, signals
 
-from test_device_placement import SHRINK, SMALL
-
-MODELS = sorted(n for n in builtin_names() if nestc.compile(n).program.layers)
-
-
-def loss_and_grads(model, x, y):
-    fns = make_loss_fns(model)
-    loss = fns.main(x, y, signals(model, fns, x, y))
-    return loss, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+from small_models import MODEL_SPECS, loss_and_grads, small
 
 
 def memory_tensors(tree, inside=False):
@@ -39,10 +28,10 @@ def memory_tensors(tree, inside=False):
             yield from memory_tensors(v, inside)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODEL_SPECS)
 def test_bf16_autocast_keeps_float32_state_and_close_gradients(name):
     torch.manual_seed(0)
-    model = nestc.compile(name, {**SMALL, **SHRINK.get(name, {})}).model()
+    model = small(name).model()
     g = torch.Generator().manual_seed(0)
     x, y = (torch.randint(0, 256, (2, 32), generator=g) for _ in range(2))
     _, ref = loss_and_grads(model, x, y)

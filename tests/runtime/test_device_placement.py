@@ -9,24 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-import nestc
-from nestc.loader import builtin_names
 from nestc.runtime.context import Ctx
 from nestc.runtime.train import make_loss_fns, signals
 
-SMALL = {"n_layers": "1", "d_model": "32", "heads": "2"}
-SHRINK = {"titans": {"chunk": "4"}, "titans_mac": {"chunk": "4"},
-          "titans_mag": {"chunk": "4", "window": "6"}, "titans_mal": {"chunk": "4", "window": "6"},
-          "hope": {"c_fast": "2", "c_mid": "4", "c_slow": "8", "c_memory": "8", "c_other": "4"}}
-for cms_like in ("cms", "cms_nested", "cms_independent", "hope_attention"):
-    SHRINK[cms_like] = {"c_fast": "2", "c_mid": "4", "c_slow": "8"}
-MODELS = sorted(n for n in builtin_names() if nestc.compile(n).program.layers)
+from small_models import MODEL_SPECS, small
+
 META = torch.device("meta")
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODEL_SPECS)
 def test_a_model_on_another_device_makes_no_cpu_tensors(name):
-    model = nestc.compile(name, {**SMALL, **SHRINK.get(name, {})}).model().to(META)
+    model = small(name).model().to(META)
     x = torch.zeros(2, 32, dtype=torch.long, device=META)
     fns = make_loss_fns(model)
     loss = fns.main(x, x, signals(model, fns, x, x))

@@ -1,0 +1,42 @@
+"""Every built-in model spec shrunk for tests (one layer, width 32, two heads, chunk sizes that
+put several chunks in a short sequence): the code paths are those of the full size, and tracing
+and running stay quick. Shared by tests/compile, tests/runtime and tests/gpu (tests/ is on the
+import path through tests/conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+
+import nestc
+from nestc.runtime.train import make_loss_fns, signals
+
+SMALL = {"n_layers": "1", "d_model": "32", "heads": "2"}
+SHRINK = {
+    "transformer": {},
+    "linear_attention": {},
+    "deltanet": {},
+    "gated_deltanet": {},
+    "titans": {"chunk": "4"},
+    "titans_mac": {"chunk": "4"},
+    "titans_mag": {"chunk": "4", "window": "6"},
+    "titans_mal": {"chunk": "4", "window": "6"},
+    "cms": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
+    "cms_nested": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
+    "cms_independent": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
+    "hope_attention": {"c_fast": "2", "c_mid": "4", "c_slow": "8"},
+    "hope": {"c_fast": "2", "c_mid": "4", "c_slow": "8", "c_memory": "8", "c_other": "4"},
+}
+MODEL_SPECS = sorted(SHRINK)  # tests/compile checks that this is every built-in model spec
+
+
+def small(name: str):
+    """The compiled spec `name`, shrunk."""
+    return nestc.compile(name, {**SMALL, **SHRINK[name]})
+
+
+def loss_and_grads(model, x, y):
+    """The full two-pass training loss (local surprise signals first, when the model has lss
+    boxes) and the gradient of every parameter (None where a parameter is unused)."""
+    fns = make_loss_fns(model)
+    loss = fns.main(x, y, signals(model, fns, x, y))
+    return loss, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
