@@ -12,6 +12,7 @@ they learn from those signals chunk by chunk; the second pass's loss trains the 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -172,9 +173,29 @@ def probe_loss(model: nn.Module, tokens: Tensor, targets: Tensor, probes: dict[s
                mask: Tensor | None = None) -> Tensor:
     """The first pass: lss boxes read their initial state plus a zero probe. Its loss is summed
     over sequences of per-sequence means, so each probe's gradient is its own sequence's signal.
-    `mask` [T] (1 = counted) limits the loss to a prefix without changing the input's shape."""
+    `mask` [T] (1 = counted) limits the loss to a prefix without changing the input's shape.
+    Run it under `frozen(model)`: only the probes' gradients are wanted."""
     logits, _ = model(tokens, ctx=Ctx(probing=True, lss=probes))
     return sequence_loss(logits, targets, mask)
+
+
+@contextmanager
+def frozen(model: nn.Module):
+    """The model's parameters with requires_grad off for the duration (restored after).
+
+    The first pass needs the loss's gradient with respect to the probes only. Eager autograd
+    would prune the parameters' branches by itself, but a torch.compile'd pass has one backward
+    graph that computes the gradient of every input that requires grad: with the parameters
+    among them, the first pass's backward cost as much as the real pass's. Frozen, its graph
+    keeps only the activations' path (and saves less in the forward)."""
+    live = [p for p in model.parameters() if p.requires_grad]
+    for p in live:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in live:
+            p.requires_grad_(True)
 
 
 @dataclass
@@ -193,8 +214,11 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     first pass and the real pass are separate compiled functions, so neither recompiles.
     `loops` picks how chunk loops trace ("unroll" or "scan", see nestc.runtime.ops)."""
     if not compile:
-        return LossFns(lambda x, y, lss: forward_loss(model, x, y, lss),
-                       lambda x, y, p, mask=None: probe_loss(model, x, y, p, mask))
+        def eager_probe(x, y, probes, mask=None):
+            with frozen(model):
+                return probe_loss(model, x, y, probes, mask)
+
+        return LossFns(lambda x, y, lss: forward_loss(model, x, y, lss), eager_probe)
     from .inductor_caches import widen
     from .ops import set_loop_mode
 
@@ -205,13 +229,14 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     compile_kw.setdefault("dynamic", False)
     run_main = _compiled_layer(probing=False, **compile_kw)
     run_probe = _compiled_layer(probing=True, **compile_kw)
-    head = torch.compile(_head_loss, fullgraph=True, **compile_kw)
+    head = torch.compile(_head_loss, fullgraph=True, **compile_kw)  # a graph per pass (frozen or not)
 
     def main(x, y, lss):
         return head(model, _layers(model, run_main, model.embed(x), lss), y, None) / x.shape[0]
 
     def probe(x, y, probes, mask=None):
-        return head(model, _layers(model, run_probe, model.embed(x), probes), y, mask)
+        with frozen(model):
+            return head(model, _layers(model, run_probe, model.embed(x), probes), y, mask)
 
     return LossFns(main, probe, compiled=True)
 

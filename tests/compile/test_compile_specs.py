@@ -10,7 +10,7 @@ import torch._dynamo
 
 import nestc
 from nestc.loader import builtin_names
-from nestc.runtime.train import forward_loss, probe_loss
+from nestc.runtime.train import forward_loss, frozen, make_loss_fns, probe_loss, signals
 
 from small_models import MODEL_SPECS, small
 
@@ -103,3 +103,60 @@ def test_m3_schedule_advances_without_recompiling():
             for p in params:
                 p.grad = torch.randn_like(p)
             opt.step()
+
+
+@pytest.mark.slow
+def test_compiled_first_pass_gives_eager_signals_and_leaves_parameters_alone():
+    """The first pass (local surprise signals) runs with the parameters frozen, so that the
+    compiled backward computes the probes' gradients only (runtime/train.py `frozen`). The
+    signals must be eager's, no parameter may gain a gradient, every requires_grad flag must
+    come back, and a second call must not recompile."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = small("hope").model()
+    flags = [p.requires_grad for p in model.parameters()]
+    assert all(flags)
+    x = torch.randint(0, 256, (2, 16))
+    y = torch.randint(0, 256, (2, 16))
+    eager = signals(model, make_loss_fns(model), x, y)
+    fns = make_loss_fns(model, compile=True)
+    compiled = signals(model, fns, x, y)
+    assert eager and eager.keys() == compiled.keys()
+    for k in eager:
+        assert eager[k].abs().max() > 0
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-7)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    # the first pass's autograd graph reaches the probes and no parameter
+    probes = {k: torch.zeros_like(v).requires_grad_() for k, v in compiled.items()}
+    leaves = _autograd_leaves(fns.probe(x, y, probes))
+    assert leaves and {id(t) for t in leaves} <= {id(t) for t in probes.values()}
+    # the real pass after it still trains every parameter, and nothing recompiles on the next step
+    fns.main(x, y, compiled).backward()
+    assert sum(p.grad is not None for p in model.parameters()) > 0
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        fns.main(x, y, signals(model, fns, x, y)).backward()
+
+
+def test_frozen_restores_the_flags_after_an_error():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[1].bias.requires_grad_(False)  # a parameter frozen by the user stays frozen
+    with pytest.raises(RuntimeError, match="boom"):
+        with frozen(model):
+            assert not any(p.requires_grad for p in model.parameters())
+            raise RuntimeError("boom")
+    assert [p.requires_grad for p in model.parameters()] == [True, True, True, False]
+
+
+def _autograd_leaves(out: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors a backward from `out` would accumulate into."""
+    seen, stack, leaves = set(), [out.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        stack.extend(n for n, _ in node.next_functions)
+    return leaves
