@@ -12,7 +12,8 @@ attention_sdpa        attention boxes (softmax attention, windows, persistent to
 delta_rule_chunked    matrix memory, L2 objective, GD, gate/decay retention, every token
 linear_attn_chunked   matrix memory, dot-product objective, GD, gate/decay retention, every token
 deep_memory_chunked   matrix or MLP memory, any objective of M(k), GD / momentum / DGD, retention
-                      linear in M, every C tokens (gradients at the chunk-start state)
+                      linear in M, every C tokens (gradients at the chunk-start state; plain GD
+                      may run in its dual form, picked per call: DeepMemory._dual)
 memory_general        any other in-context memory: per-token recurrence inside each chunk with
                       torch.func gradients (slow, obviously correct; the reference of the above)
 optimizer_foreach     optimizer-level boxes (state like(W)) and weights boxes: foreach updates

@@ -89,16 +89,34 @@ class MLPShape:
         return len(self.dims) - 1
 
 
-def mlp_apply(shape: MLPShape, weights: list[Tensor], x: Tensor) -> Tensor:
+def _times(w, x: Tensor) -> Tensor:
+    """W x per token: w [B, H, out, in] (or a `PendingUpdates`), x [B, H, N, in] -> [B, H, N, out]."""
+    if isinstance(w, PendingUpdates):
+        return w.times(x)
+    if w.stride(0) == 0:  # an initial state shared by the batch (expanded): one product, not B
+        return torch.einsum("bhnd,hed->bhne", x, w[0])
+    return torch.einsum("bhnd,bhed->bhne", x, w)
+
+
+def _times_t(w, y: Tensor) -> Tensor:
+    """Wᵀ y per token: y [B, H, N, out] -> [B, H, N, in]."""
+    if isinstance(w, PendingUpdates):
+        return w.times_t(y)
+    if w.stride(0) == 0:
+        return torch.einsum("bhne,hed->bhnd", y, w[0])
+    return torch.einsum("bhne,bhed->bhnd", y, w)
+
+
+def mlp_apply(shape: MLPShape, weights: list, x: Tensor) -> Tensor:
     """Read a memory: weights[l] [B, H, out_l, in_l], x [B, H, N, d_in] -> [B, H, N, d_out]."""
     a = x
     for i, w in enumerate(weights):
-        z = torch.einsum("bhnd,bhed->bhne", a, w)
+        z = _times(w, a)
         a = _act(shape.act, z) if i < len(weights) - 1 else z
     return a + x if shape.residual else a
 
 
-def mlp_layer_grads(shape: MLPShape, weights: list[Tensor], x: Tensor,
+def mlp_layer_grads(shape: MLPShape, weights: list, x: Tensor,
                     out_grad: Callable[[Tensor], Tensor]):
     """Forward at `weights`, then backward of the per-token objective in closed form.
 
@@ -110,7 +128,7 @@ def mlp_layer_grads(shape: MLPShape, weights: list[Tensor], x: Tensor,
     acts, pres = [x], []
     a = x
     for i, w in enumerate(weights):
-        z = torch.einsum("bhnd,bhed->bhne", a, w)
+        z = _times(w, a)
         pres.append(z)
         a = _act(shape.act, z) if i < len(weights) - 1 else z
         if i < len(weights) - 1:
@@ -121,7 +139,7 @@ def mlp_layer_grads(shape: MLPShape, weights: list[Tensor], x: Tensor,
     for i in range(len(weights) - 1, -1, -1):
         per_layer.append((acts[i], delta))
         if i > 0:
-            delta = torch.einsum("bhne,bhed->bhnd", delta, weights[i]) * _act_grad(shape.act, pres[i - 1])
+            delta = _times_t(weights[i], delta) * _act_grad(shape.act, pres[i - 1])
     per_layer.reverse()
     return pred, per_layer, pres
 
@@ -240,6 +258,39 @@ def load_initial_weights(source: tuple, name: str, heads: int, dims: tuple[int, 
     return out
 
 
+class PendingUpdates:
+    r"""One layer's weights at a chunk start, kept as the state entering the call plus the updates
+    since, never materialised (the dual form of rule deep_memory_chunked, `DeepMemory._dual`):
+
+    .. math::
+
+        W_c = \Gamma_c W_0 - \sum_{s < c} (\Gamma_c / \Gamma_s)\, u_s a_s^\top
+
+    a [B,H,S,in]: the layer inputs of the S tokens before the chunk; u [B,H,S,out]: their output
+    errors times the learning rate; log_s [B,H,S]: log Γ up to each of them; log_c [B,H]: log Γ up
+    to the chunk start (both None without a retention gate). Then W_c x = Γ_c W_0 x - U ((A x) ∘
+    coef) costs a product with the S past tokens instead of a pass over the whole state."""
+
+    def __init__(self, w0: Tensor, a: Tensor, u: Tensor, log_s: Tensor | None, log_c: Tensor | None):
+        self.w0, self.a, self.u, self.log_s, self.log_c = w0, a, u, log_s, log_c
+
+    def _scale(self, out: Tensor) -> Tensor:
+        return out if self.log_c is None else out * torch.exp(self.log_c)[..., None, None]
+
+    def _weigh(self, scores: Tensor) -> Tensor:  # scores [B,H,N,S]
+        if self.log_c is None:
+            return scores
+        return scores * torch.exp(self.log_c[..., None] - self.log_s)[:, :, None, :]
+
+    def times(self, x: Tensor) -> Tensor:
+        scores = self._weigh(torch.einsum("bhnd,bhsd->bhns", x, self.a))
+        return self._scale(_times(self.w0, x)) - torch.einsum("bhns,bhse->bhne", scores, self.u)
+
+    def times_t(self, y: Tensor) -> Tensor:
+        scores = self._weigh(torch.einsum("bhne,bhse->bhns", y, self.u))
+        return self._scale(_times_t(self.w0, y)) - torch.einsum("bhns,bhsd->bhnd", scores, self.a)
+
+
 # ---------------------------------------------------------------------------------------------
 # DeepMemory
 # ---------------------------------------------------------------------------------------------
@@ -259,6 +310,7 @@ class MemorySettings:
     init_std: float = 0.02
     init_from: tuple | None = None  # (safetensors path, key) for init "checkpoint"
     grad: str = "through"  # through | stop (stop-gradient writes)
+    form: str = "auto"  # auto | state | dual: how plain GD keeps its chunk-start weights (DeepMemory._dual)
     name: str = "memory"
     extra: dict = field(default_factory=dict)
 
@@ -335,14 +387,17 @@ class DeepMemory(nn.Module):
         T = keys.shape[2]
         if self._can_scan(state, T, flush):
             return self._scan(state, keys, target, lr, gate, beta, query, out_grad)
+        if self._can_dual(state, T):
+            return self._dual(state, keys, target, lr, gate, query, out_grad)
         outs = []
         for s, e, completes in segments(T, self.s.period, state["offset"]):
             W = state["W"]
             k = keys[:, :, s:e]
-            if query is not None and self.s.read == "before":
-                outs.append(self.apply(W, query[:, :, s:e]))
             tgt = target(W, s, e) if callable(target) else target[:, :, s:e]
-            _, layers, pres = mlp_layer_grads(self.s.shape, W, k, lambda p: out_grad(p, tgt, s, e))
+            pred, layers, pres = mlp_layer_grads(self.s.shape, W, k, lambda p: out_grad(p, tgt, s, e))
+            if query is not None and self.s.read == "before":
+                # queries that are the keys (codegen passes one tensor) read what the inner forward computed
+                outs.append(pred if query is keys else self.apply(W, query[:, :, s:e]))
             if self.s.grad == "stop":
                 layers = [(a.detach(), d.detach()) for a, d in layers]
             state = self._advance(state, layers, _slice_time(lr, s, e), _slice_time(gate, s, e),
@@ -354,6 +409,57 @@ class DeepMemory(nn.Module):
             state = self._maybe_reset(state)
         out = torch.cat(outs, dim=2) if outs else None
         return out, state
+
+    # -- plain GD without materialising the chunk-start states --
+    def _can_dual(self, state: dict, T: int) -> bool:
+        """The dual form of rule deep_memory_chunked, picked per call (it depends on the call's
+        length). Plain GD (with or without retention) makes each chunk-start state
+        the entering state plus a sum of rank-one updates, so a chunk can read it through the
+        past tokens (`PendingUpdates`) instead of writing a new state every chunk. That is cheaper
+        while the past tokens' inputs and errors, T (in + out) floats per layer, stay under
+        about twice the state's in * out (form "auto"); whole chunks from a boundary only."""
+        s = self.s
+        if (s.form == "state" or s.optimizer != "gd" or s.read != "before" or state["offset"] != 0
+                or T % s.period or T // s.period < 2 or self.recorder is not None
+                or (isinstance(s.reset, int) and not isinstance(s.reset, bool))):
+            return False
+        dims = s.shape.dims
+        return s.form == "dual" or all(T * (i + o) <= 2 * i * o for i, o in zip(dims, dims[1:]))
+
+    def _dual(self, state, keys, target, lr, gate, query, out_grad):
+        """The chunk loop of `forward` with every chunk-start state kept as `PendingUpdates`; the
+        state after the call is materialised once at the end (and dropped by torch.compile when
+        nothing reads it, as in training)."""
+        T, c = keys.shape[2], self.s.period
+        theta = _as_tokens(lr, keys)  # [B,H,T]
+        cum = None if gate is None else torch.cumsum(_log_gate(gate, keys), dim=-1)  # log Γ_t
+        w0 = state["W"]
+        A: list = [None] * len(w0)
+        U: list = [None] * len(w0)
+        W, outs = list(w0), []
+        for s in range(0, T, c):
+            e = s + c
+            tgt = target(W, s, e) if callable(target) else target[:, :, s:e]
+            pred, layers, _ = mlp_layer_grads(self.s.shape, W, keys[:, :, s:e], lambda p: out_grad(p, tgt, s, e))
+            if self.s.grad == "stop":
+                layers = [(a.detach(), d.detach()) for a, d in layers]
+            if query is not None:
+                outs.append(pred if query is keys else self.apply(W, query[:, :, s:e]))
+            for i, (a, d) in enumerate(layers):
+                u = theta[:, :, s:e, None] * d
+                A[i] = a if A[i] is None else torch.cat([A[i], a], dim=2)
+                U[i] = u if U[i] is None else torch.cat([U[i], u], dim=2)
+            log_s = None if cum is None else cum[:, :, :e]
+            log_c = None if cum is None else cum[:, :, e - 1]
+            W = [PendingUpdates(w, a, u, log_s, log_c) for w, a, u in zip(w0, A, U)]
+        final = []
+        for w, a, u in zip(w0, A, U):
+            if cum is not None:
+                u = u * torch.exp(cum[:, :, -1:] - cum)[..., None]
+                w = torch.exp(cum[:, :, -1])[..., None, None] * w
+            final.append(w - torch.einsum("bhse,bhsd->bhed", u, a))
+        out = torch.cat(outs, dim=2) if outs else None
+        return out, dict(state, W=final, M=final, offset=0, pos=state["pos"] + T)
 
     # -- the chunk loop as one traced body (torch.compile) --
     def _can_scan(self, state: dict, T: int, flush: bool) -> bool:

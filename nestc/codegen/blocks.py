@@ -367,6 +367,9 @@ class BlockGen:
         elif plan.rule == "deep_memory_chunked":
             target = self._target(ref)
             grad = self._out_grad(ref)
+            if k == q:  # one tensor for both: the memory then reads what its inner forward computed
+                self.line(f"{b.name}_kq = {k}  # keys and queries are one stream")
+                k = q = f"{b.name}_kq"
             call = (f"self.{ref.attr}(state[{key!r}], keys={k}, target={target}, lr={lr}, gate={gate}, "
                     f"beta={beta}, query={q}, out_grad={grad}, flush={flush})")
             if plan.lss:
