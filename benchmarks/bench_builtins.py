@@ -44,8 +44,8 @@ def run(spec: str, iters: int, warmup: int, eager_only: bool, device: str, resul
 
 
 def table(specs: list[str], results: Path = RESULTS) -> str:
-    lines = ["| spec | batch × seq | params | eager tok/s | compiled tok/s | speed-up | compile cold s | compile warm s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| spec | batch × seq | params | eager tok/s | compiled tok/s | speed-up | compile cold s | compile warm s | commit |",
+             "|---|---|---|---|---|---|---|---|---|"]
     machine = None
     for spec in specs:
         path = results / f"bench_{spec}.json"
@@ -62,6 +62,7 @@ def table(specs: list[str], results: Path = RESULTS) -> str:
                       f"{comp['compile_cold_s']:.0f}", f"{comp['compile_warm_s']:.0f}"]
         else:
             cells += ["—"] * 4
+        cells.append(res["machine"].get("commit") or "—")  # "—": not recorded (an older run or an installed copy)
         lines.append("| " + " | ".join(cells) + " |")
     if machine:
         lines.append("")

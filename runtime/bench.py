@@ -37,7 +37,26 @@ def machine(device: str = "cpu") -> dict:
 
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
             "device": describe(torch.device(device)), "torch": torch.__version__,
-            "python": platform.python_version(), "nestc": nestc.__version__}
+            "python": platform.python_version(), "nestc": nestc.__version__,
+            "commit": source_commit()}
+
+
+def source_commit() -> str | None:
+    """The git commit nestc runs from ("+dirty" with uncommitted changes to tracked files), or
+    None for an installed copy outside a checkout: a results file says which code it measured."""
+    import nestc
+
+    where = Path(nestc.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(where), "rev-parse", "--short=10", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, seed: int = 0,

@@ -5,6 +5,8 @@ not speed (timings are benchmarks, never assertions)."""
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +30,10 @@ def test_bench_writes_eager_and_compiled_rows_with_the_loop_mode(tmp_path):
     for row in (eager, compiled):
         assert row["median_s"] > 0 and row["tokens_per_s"] == pytest.approx(16 / row["median_s"])
     assert compiled["compile_cold_s"] > 0 and "compile_warm_s" in compiled
+    # the results name the code they measured: this checkout's commit
+    head = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short=10", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    assert head and res["machine"]["commit"] in (head, head + "+dirty")
 
 
 def test_bench_rejects_an_unknown_loop_mode():
