@@ -129,3 +129,25 @@ def test_the_cms_spec_trains_the_same_in_either_form():
             assert b is None
             continue
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_self_generated_values_read_the_pending_weights():
+    """Values M(v) at the chunk-start state (NL Eq. 84) go through the same weights object, so a
+    target callable sees the dual form's weights exactly as the state form's."""
+    torch.manual_seed(3)
+    memory = DeepMemory(MemorySettings(heads=2, shape=MLPShape((6, 12, 6), "silu", True), period=3)).double()
+    x = torch.randn(2, 2, 9, 6, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, 9, 6, dtype=torch.float64, requires_grad=True)
+    gate = torch.sigmoid(torch.randn(2, 2, 9, dtype=torch.float64))
+    grad = objective_grad("l2", 1.0)
+    results = []
+    for form in ("state", "dual"):
+        memory.s.form = form
+        out, state = memory(memory.initial_state(2), keys=x, target=lambda W, s, e: memory.apply(W, v[:, :, s:e]),
+                            lr=0.1, gate=gate, query=x * 1.0, out_grad=lambda p, t, s, e: grad(p, t))
+        loss = out.pow(2).sum() + sum(w.pow(2).sum() for w in state["W"])
+        results.append((out, torch.autograd.grad(loss, [x, v, *memory.parameters()])))
+    (o1, g1), (o2, g2) = results
+    torch.testing.assert_close(o2, o1, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g2, g1):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
