@@ -419,9 +419,7 @@ class DeepMemory(nn.Module):
         while the past tokens' inputs and errors, T (in + out) floats per layer, stay under
         about twice the state's in * out (form "auto"); whole chunks from a boundary only."""
         s = self.s
-        if (s.form == "state" or s.optimizer != "gd" or s.read != "before" or state["offset"] != 0
-                or T % s.period or T // s.period < 2 or self.recorder is not None
-                or (isinstance(s.reset, int) and not isinstance(s.reset, bool))):
+        if s.form == "state" or s.optimizer != "gd" or not self._whole_chunks(state, T):
             return False
         dims = s.shape.dims
         return s.form == "dual" or all(T * (i + o) <= 2 * i * o for i, o in zip(dims, dims[1:]))
@@ -452,12 +450,8 @@ class DeepMemory(nn.Module):
             log_s = None if cum is None else cum[:, :, :e]
             log_c = None if cum is None else cum[:, :, e - 1]
             W = [PendingUpdates(w, a, u, log_s, log_c) for w, a, u in zip(w0, A, U)]
-        final = []
-        for w, a, u in zip(w0, A, U):
-            if cum is not None:
-                u = u * torch.exp(cum[:, :, -1:] - cum)[..., None]
-                w = torch.exp(cum[:, :, -1])[..., None, None] * w
-            final.append(w - torch.einsum("bhse,bhsd->bhed", u, a))
+        # the whole call as one segment of plain GD (U already carries the learning rates)
+        final = self._advance(dict(state, M=list(w0)), list(zip(A, U)), 1.0, gate, None)["M"]
         out = torch.cat(outs, dim=2) if outs else None
         return out, dict(state, W=final, M=final, offset=0, pos=state["pos"] + T)
 
@@ -469,10 +463,16 @@ class DeepMemory(nn.Module):
         flushes and resets."""
         from .ops import loop_mode
 
-        return (torch.compiler.is_compiling() and loop_mode() == "scan" and state["offset"] == 0 and T % self.s.period == 0
-                and T // self.s.period > 1 and not flush and self.recorder is None
-                and not (isinstance(self.s.reset, int) and not isinstance(self.s.reset, bool))
-                and self.s.read == "before")
+        return (torch.compiler.is_compiling() and loop_mode() == "scan" and not flush
+                and self._whole_chunks(state, T))
+
+    def _whole_chunks(self, state: dict, T: int) -> bool:
+        """What the scan and the dual form both need: a call of whole chunks (more than one) from
+        a chunk boundary, and nothing only the per-segment loop does (the audit recorder, resets
+        after a token count, reads after the update)."""
+        s = self.s
+        return (state["offset"] == 0 and T % s.period == 0 and T // s.period > 1 and s.read == "before"
+                and self.recorder is None and not (isinstance(s.reset, int) and not isinstance(s.reset, bool)))
 
     def _scan(self, state, keys, target, lr, gate, beta, query, out_grad):
         from torch._higher_order_ops.scan import scan
