@@ -343,7 +343,8 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
           threads: int = typer.Option(2, help="torch threads"),
           no_compile: bool = typer.Option(False, "--no-compile", help="eager only"),
           loops: str = typer.Option("unroll", help="how the compiled step traces chunk loops: "
-                                    "unroll (longer compile, faster steps) or scan (body traced once)"),
+                                    "unroll (longer compile, faster steps), scan (body traced once) or "
+                                    "region (unrolled calls of one compiled region)"),
           json_out: Optional[Path] = typer.Option(None, "--json", help="also write the results here"),
           device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
           precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),

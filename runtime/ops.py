@@ -68,10 +68,12 @@ def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int
 
 
 # How torch.compile traces a chunk loop: "unroll" (one copy of the body per chunk: long compiles,
-# the fastest steps) or "scan" (the body traced once: compiles several times faster, but on CPU
-# inductor runs the scan slower than eager; `nestc bench SPEC --loops scan` measures it, the
-# README reports it for Hope). Set by make_loss_fns.
-LOOP_MODES = ("unroll", "scan")
+# the fastest steps), "scan" (the body traced once: compiles several times faster, but on CPU
+# inductor runs the scan slower than eager) or "region" (unrolled, each chunk a call of one
+# reusable compiled region, `_region_loop`: the steps of "unroll", a somewhat shorter compile).
+# `nestc bench SPEC --loops MODE` measures them; the README reports them for Hope. Set by
+# make_loss_fns.
+LOOP_MODES = ("unroll", "scan", "region")
 _loop_mode = "unroll"
 
 
@@ -87,22 +89,27 @@ def loop_mode() -> str:
 
 
 def chunk_loop(body, state: dict, inputs: dict, period: int, anchor: str, carried: list[str],
-               scannable: bool, flush: bool = False):
+               scannable: bool, flush: bool = False, outputs: tuple[str, ...] = ()):
     """Run a block's chunk loop: `body(state, piece, flush) -> (state, outputs)` over pieces of
     the stream cut at the anchor memory's chunk boundaries; returns (state, outputs
     concatenated). A flushed call commits its memories' partial chunks at its last piece.
 
     Under torch.compile in loop mode "scan", a stream of whole chunks from a chunk boundary runs
-    as a scan, so the body is traced once rather than once per chunk. `scannable` (decided by the code generator)
-    says that every memory of the loop commits at each piece and the carried state keeps its
-    shapes; eager runs always take the plain loop."""
+    as a scan, so the body is traced once rather than once per chunk; in loop mode "region" as
+    calls of one compiled region. `scannable` (decided by the code generator) says that every
+    memory of the loop commits at each piece and the carried state keeps its shapes (the code
+    generator then makes the body a method of the block); eager runs always take the plain loop.
+    `outputs`: the names of the streams the body returns."""
     from .memory import segments
 
     t = next(iter(inputs.values())).shape[1]
     offset = state[anchor]["offset"]
-    if (scannable and _loop_mode == "scan" and not flush and torch.compiler.is_compiling() and offset == 0 and t % period == 0
-            and t // period > 1):
-        return _scan_loop(body, state, inputs, period, carried)
+    whole_chunks = offset == 0 and t % period == 0 and t // period > 1
+    if scannable and not flush and whole_chunks and torch.compiler.is_compiling():
+        if _loop_mode == "scan":
+            return _scan_loop(body, state, inputs, period, carried)
+        if _loop_mode == "region":
+            return _region_loop(body, state, inputs, period, carried, outputs)
     parts: dict[str, list] = {}
     for s, e, _ in segments(t, period, offset):
         state, out = body(state, {k: v[:, s:e] for k, v in inputs.items()}, flush and e == t)
@@ -143,3 +150,58 @@ def _scan_loop(body, state: dict, inputs: dict, period: int, carried: list[str])
             new_state[k] = dict(new_state[k], pos=state[k]["pos"] + t, offset=0)
     outs = {k: v.movedim(0, 1).reshape(v.shape[1], t, *v.shape[3:]) for k, v in ys.items()}
     return new_state, outs
+
+
+
+def _region_loop(body, state: dict, inputs: dict, period: int, carried: list[str], outputs: tuple[str, ...]):
+    """The chunk loop unrolled, each chunk one call of a compiled region that torch.compile traces
+    and lowers once and stamps out for the others (`torch.compiler.nested_compile_region`): the
+    compile time of a scan with the steps of an unrolled loop. `body` is a method of the block
+    (the code generator makes it one), so the region is keyed on (module, method name) and its
+    inputs are tensors and constants only. Every call sees the state the loop began with, less
+    the carried tensors (as in the scan: whole chunks from a boundary, so positions and offsets
+    are fixed up once at the end)."""
+    from torch.utils import _pytree as pytree
+
+    t = next(iter(inputs.values())).shape[1]
+    carry = {k: state[k] for k in carried}
+    leaves, spec = pytree.tree_flatten(carry)
+    tensors = [x for x in leaves if torch.is_tensor(x)]
+    # which carried tensors are one tensor (a memory's W and M between chunks): a region returns
+    # each tensor once, so the loop passes this pattern in and restores it from the outputs
+    same = tuple(next(j for j, y in enumerate(tensors) if y is x) for x in tensors)
+    parts: dict[str, list] = {k: [] for k in outputs}
+    for i in range(t // period):
+        piece = {k: v[:, i * period:(i + 1) * period] for k, v in inputs.items()}
+        flat = _region_call(body.__self__, body.__name__, dict(state, **carry), piece, tuple(carried),
+                            outputs, same)
+        it = iter(flat)
+        unique = {j: next(it) for j, first in enumerate(same) if first == j}
+        new = iter([unique[first] for first in same])
+        carry = pytree.tree_unflatten([next(new) if torch.is_tensor(x) else x for x in leaves], spec)
+        for k in outputs:
+            parts[k].append(next(it))
+    new_state = dict(state, **carry)
+    for k in carried:  # memories advanced t tokens; whole chunks leave them on a boundary
+        if isinstance(new_state[k], dict) and "pos" in new_state[k]:
+            new_state[k] = dict(new_state[k], pos=state[k]["pos"] + t, offset=0)
+    return new_state, {k: torch.cat(v, dim=1) for k, v in parts.items()}
+
+
+@torch.compiler.nested_compile_region
+def _region_call(owner, name: str, state: dict, piece: dict, carried: tuple, outputs: tuple, same: tuple):
+    """One chunk of `_region_loop`: the carried state's distinct tensors (`same[j]` is the first
+    position holding tensor j), then the outputs, as one flat tuple of tensors (what a reusable
+    region may return). A tensor that comes back unchanged is copied, since a region's output
+    must not alias its input."""
+    from torch.utils import _pytree as pytree
+
+    st, out = getattr(owner, name)(state, piece, False)
+    before = [x for x in pytree.tree_leaves({k: state[k] for k in carried}) if torch.is_tensor(x)]
+    new = [x for x in pytree.tree_leaves({k: st[k] for k in carried}) if torch.is_tensor(x)]
+    if len(new) != len(same) or any(new[j] is not new[first] for j, first in enumerate(same)):
+        raise RuntimeError(f"chunk loop {name}: its state changed structure in a chunk, so it "
+                           "cannot run as a compiled region (use loop mode 'unroll')")
+    new = [x.clone() if any(x is y for y in before) else x
+           for j, x in enumerate(new) if same[j] == j]
+    return (*new, *(out[k] for k in outputs))

@@ -63,7 +63,7 @@ class BlockGen:
         self.body: list[str] = []
         self.state_lines: list[str] = []
         self.lss_sites: list[tuple[str, int, int]] = []  # (box, width, chunk)
-        self.helpers: list[str] = []  # methods (objective gradients)
+        self.methods: list[str] = []  # chunk-loop bodies that run as methods (see `loop`)
         self.refs: dict[str, BoxRef] = {}
         self.subs: dict[str, str] = {}  # block name -> attribute
         self.uses_x_in = False
@@ -519,11 +519,16 @@ class BlockGen:
 
     def loop(self, unit: Unit, names: dict[str, str]) -> None:
         """Emit a chunk loop as a function of (state, one piece of the stream) handed to
-        `R.chunk_loop`, which runs it piece by piece (eager) or as one scan (torch.compile)."""
+        `R.chunk_loop`, which runs it piece by piece (eager), as one scan, or as calls of one
+        compiled region (torch.compile). A loop that may trace as one body is a method of the
+        block rather than a closure in forward()."""
         stmts = [self.block.statements[i] for i in unit.stmts]
         boxes = [self.refs[n] for n in unit.boxes]
         self.loops += 1
-        fn = f"chunk_loop_{self.loops}" if self.loops > 1 else "chunk_loop"
+        fn = self.sites.new("chunk_loop")
+        # a loop that may trace as one body (scan, or a reusable compiled region) is a method: its
+        # only tie to forward() is `self`, so torch.compile can key a region on (module, name)
+        scan = self._scannable(stmts, boxes)
         self.comment(f"boxes {', '.join(r.info.name for r in boxes)} depend on one another through "
                      f"time: they run together, {unit.period} token(s) at a time, each read at its "
                      "chunk-start state")
@@ -534,7 +539,9 @@ class BlockGen:
         anchor = min(memories, key=lambda r: r.info.freq.period)
         self.fusion = self._fusion_groups(stmts, boxes)
         anchor_key = self.fusion[anchor.info.name].attr if anchor.info.name in self.fusion else anchor.state_key
-        self.line(f"def {fn}(state, piece, flush):  # one piece of the stream: at most {unit.period} token(s)")
+        def_at = len(self.body)
+        self.line(f"def {fn}({'self, ' if scan else ''}state, piece, flush):  # one piece of the stream: "
+                  f"at most {unit.period} token(s)")
         outer_ind = self.ind
         self.ind += "    "
         self.line("state = dict(state)")
@@ -569,10 +576,13 @@ class BlockGen:
                                      if v.isidentifier() and v in used and (v != "x_in" or self.uses_x_in)))
         self.body[unpack_at:unpack_at] = [f"{self.ind}{v} = piece[{v!r}]" for v in outside]
         self.ind = outer_ind
-        scan = self._scannable(stmts, boxes)
-        self.line(f"state, pieces = R.chunk_loop({fn}, state, {{" + ", ".join(f"{v!r}: {v}" for v in outside)
+        if scan:  # move the body out of forward(), one level less indented
+            body, self.body[def_at:] = self.body[def_at:], []
+            self.methods += ["", *(line[4:] for line in body)]
+        self.line(f"state, pieces = R.chunk_loop({'self.' if scan else ''}{fn}, state, {{"
+                  + ", ".join(f"{v!r}: {v}" for v in outside)
                   + f"}}, period={unit.period}, anchor={anchor_key!r}, carried={carried!r}, "
-                  f"scannable={scan}, flush=ctx.flush)")
+                  f"outputs={tuple(outs)!r}, scannable={scan}, flush=ctx.flush)")
         self.line(", ".join(outs) + " = " + ", ".join(f"pieces[{o!r}]" for o in outs))
         for st in stmts:
             names[st.target] = py_name(st.target) if st.is_let else "x"
@@ -727,7 +737,9 @@ class BlockGen:
         if self.uses_x_in:
             out.append("        x_in = x  # the block's input, as box generators see `x`")
         out += self.body
-        out += ["        return x, state", ""]
+        out += ["        return x, state"]
+        out += self.methods
+        out += [""]
         return "\n".join(out)
 
 

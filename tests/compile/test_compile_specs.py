@@ -36,6 +36,24 @@ def test_training_step_has_no_graph_breaks(name):
         assert ex.graph_break_count == 0, [str(r.reason) for r in ex.break_reasons]
 
 
+def test_hope_in_region_mode_traces_one_graph_of_region_calls(request):
+    """Loop mode "region": Hope's self-modifying loop becomes calls of a compiled region, still in
+    one graph with no breaks (the loop body is a method of the block, so the region takes only
+    the module, constants and tensors)."""
+    from nestc.runtime.ops import set_loop_mode
+
+    set_loop_mode("region")
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
+    torch._dynamo.reset()
+    model = small("hope").model()
+    x = torch.randint(0, 256, (2, 16))
+    lss = {k: torch.zeros(2, 16, w) for k, w in model.lss_sites()}
+    ex = torch._dynamo.explain(lambda a, b, s: forward_loss(model, a, b, s))(x, x, lss)
+    assert ex.graph_break_count == 0, [str(r.reason) for r in ex.break_reasons]
+    assert ex.graph_count == 1
+    assert "invoke_subgraph" in ex.graphs[0].code
+
+
 @pytest.mark.parametrize("name", sorted(n for n in builtin_names() if not nestc.compile(n).program.layers))
 def test_optimizer_step_variants_have_no_graph_breaks(name):
     torch._dynamo.reset()
@@ -56,11 +74,11 @@ def test_optimizer_step_variants_have_no_graph_breaks(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,loops", [("titans", "unroll"), ("hope", "unroll"), ("titans", "scan"),
-                                        ("hope", "scan")])
+                                        ("hope", "scan"), ("hope", "region")])
 def test_compiled_meta_gradients_equal_eager(name, loops, request):
     """Outer gradients through the inner updates (the meta-learned initial states and every
-    projection) agree between the compiled step and eager execution, with chunk loops unrolled
-    or traced as scans."""
+    projection) agree between the compiled step and eager execution, with chunk loops unrolled,
+    traced as scans, or run as calls of one compiled region."""
     from nestc.runtime.ops import set_loop_mode
 
     set_loop_mode(loops)

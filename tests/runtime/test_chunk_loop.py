@@ -119,3 +119,78 @@ def test_eager_and_partial_streams_take_the_plain_loop():
                               scannable=True, flush=True)
     assert seen == [(3, False), (4, False), (3, True)]
     torch.testing.assert_close(out["x"], x)
+
+
+class _Block(torch.nn.Module):
+    """The toy body as a method, as the code generator emits loops that may trace as one body."""
+
+    def __init__(self, weight, decay):
+        super().__init__()
+        self.weight, self.decay = weight, decay
+
+    def chunk_loop(self, state, piece, flush):
+        return _body(self.weight, self.decay)(state, piece, flush)
+
+
+def _run_region(x, block, period):
+    state, out = R.chunk_loop(block.chunk_loop, _initial(x.shape[0], x.shape[2]), {"x": x}, period=period,
+                              anchor="mem", carried=["mem", "conv"], scannable=True, outputs=("y", "x"))
+    return out["y"], out["x"], state
+
+
+@pytest.fixture
+def region_mode():
+    R.set_loop_mode("region")
+    yield
+    R.set_loop_mode("unroll")
+
+
+@pytest.mark.slow
+def test_compiled_regions_equal_the_plain_loop_forward_and_backward(region_mode):
+    torch.manual_seed(0)
+    d, period = 8, 4
+    x = torch.randn(2, 16, d, requires_grad=True)
+    weight = torch.randn(d, 4, requires_grad=True)
+    decay = torch.tensor(0.9, requires_grad=True)
+
+    ref_y, ref_x, ref_state = _run(x, weight, decay, period, scannable=False)
+    ref_grads = torch.autograd.grad((ref_y.square().sum() + ref_x.sum() + ref_state["mem"]["W"].sum()),
+                                    [x, weight, decay])
+
+    torch._dynamo.reset()
+    block = _Block(weight, decay)
+    fn = torch.compile(lambda a: _run_region(a, block, period), fullgraph=True)
+    y, xo, state = fn(x)
+    grads = torch.autograd.grad(y.square().sum() + xo.sum() + state["mem"]["W"].sum(), [x, weight, decay])
+
+    torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xo, ref_x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state["mem"]["W"], ref_state["mem"]["W"], rtol=1e-5, atol=1e-5)
+    assert state["mem"]["M"] is state["mem"]["W"]  # one tensor, as the plain loop leaves it
+    torch.testing.assert_close(state["conv"], ref_state["conv"])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert state["mem"]["pos"] == ref_state["mem"]["pos"] == 16 and state["mem"]["offset"] == 0
+    assert state["other"] == {"pos": 7}
+
+
+def test_regions_trace_the_body_once_or_twice(region_mode):
+    """Eight chunks, and the body is traced at most twice: once for the first chunk (whose state is
+    the batch-shared initial one, with other strides) and once for the seven calls of the region
+    that serves the others."""
+    torch._dynamo.reset()
+    d = 8
+    x = torch.randn(2, 32, d)
+    block = _Block(torch.randn(d, 4), 0.9)
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.compile(lambda a: _run_region(a, block, 4), backend=backend, fullgraph=True)(x)
+    (gm,) = graphs
+    # torch inlines a region called once (the first chunk's) back into the graph
+    assert gm.code.count("invoke_subgraph(") >= 7
+    called = [m.code for name, m in gm.named_children() if f"self.{name}" in gm.code]
+    assert 1 <= sum(code.count("torch.tanh(") for code in [gm.code, *called]) <= 2

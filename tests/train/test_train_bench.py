@@ -38,4 +38,4 @@ def test_bench_writes_eager_and_compiled_rows_with_the_loop_mode(tmp_path):
 
 def test_bench_rejects_an_unknown_loop_mode():
     r = nestc_cli("bench", "titans", "--loops", "weave")
-    assert_user_error(r, "--loops", "weave", "unroll", "scan")
+    assert_user_error(r, "--loops", "weave", "unroll", "scan", "region")
