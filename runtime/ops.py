@@ -180,7 +180,9 @@ def _region_loop(body, state: dict, inputs: dict, period: int, carried: list[str
         new = iter([unique[first] for first in same])
         carry = pytree.tree_unflatten([next(new) if torch.is_tensor(x) else x for x in leaves], spec)
         for k in outputs:
-            parts[k].append(next(it))
+            # times one: its gradient is a fresh tensor, where the concatenation's would be a view
+            # at an offset that differs per chunk, and each offset would cost a backward trace
+            parts[k].append(next(it) * 1.0)
     new_state = dict(state, **carry)
     for k in carried:  # memories advanced t tokens; whole chunks leave them on a boundary
         if isinstance(new_state[k], dict) and "pos" in new_state[k]:

@@ -194,3 +194,29 @@ def test_regions_trace_the_body_once_or_twice(region_mode):
     assert gm.code.count("invoke_subgraph(") >= 7
     called = [m.code for name, m in gm.named_children() if f"self.{name}" in gm.code]
     assert 1 <= sum(code.count("torch.tanh(") for code in [gm.code, *called]) <= 2
+
+
+def test_regions_trace_few_backwards(region_mode, monkeypatch):
+    """A region's backward is traced once per distinct layout of the gradients coming into it.
+    The pieces the loop concatenates must not reach it as views at a different offset for each
+    chunk (one backward trace per chunk): at most two, the last chunk's (no gradient flows back
+    from a later chunk into its state) and the others'."""
+    import importlib
+
+    hop = importlib.import_module("torch._higher_order_ops.invoke_subgraph")
+    variants = []
+    real = hop.warn_and_trace_duplicate_backward
+
+    def spy(identifier, suffix, *args):
+        variants.append((identifier, suffix))
+        return real(identifier, suffix, *args)
+
+    monkeypatch.setattr(hop, "warn_and_trace_duplicate_backward", spy)
+    torch._dynamo.reset()
+    d = 8
+    x = torch.randn(2, 32, d, requires_grad=True)
+    block = _Block(torch.randn(d, 4, requires_grad=True), torch.tensor(0.9, requires_grad=True))
+    y, xo, state = torch.compile(lambda a: _run_region(a, block, 4), fullgraph=True)(x)
+    (y.square().sum() + xo.sum()).backward()
+    assert variants, "no region backward was traced"
+    assert max(suffix for _, suffix in variants) <= 1, variants
