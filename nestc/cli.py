@@ -269,6 +269,9 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
                                             "sequence's loss (sequence, default) or each chunk's "
                                             "loss so far (causal: exact, slower)"),
           compile_: bool = typer.Option(False, "--compile", help="torch.compile the step"),
+          loops: Optional[str] = typer.Option(None, "--loops", help="with --compile, how chunk loops "
+                                              "trace: unroll (default: faster steps), region (shorter "
+                                              "compile) or scan (see nestc bench)"),
           seed: Optional[int] = typer.Option(None, help="random seed"),
           device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
           precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
@@ -284,13 +287,22 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
                                hint="stop or skip")
         if lss is not None and lss not in ("sequence", "causal"):
             raise NestError.at(Pos(file="--lss"), f"unknown choice `{lss}`", hint="sequence or causal")
+        if loops is not None:
+            from .runtime.ops import LOOP_MODES
+
+            if loops not in LOOP_MODES:
+                raise NestError.at(Pos(file="--loops"), f"`--loops {loops}`: not a loop mode",
+                                   hint="use one of: " + ", ".join(LOOP_MODES))
+            if not compile_:
+                raise NestError.at(Pos(file="--loops"), "`--loops` says how a compiled step traces "
+                                   "chunk loops, and this run is not compiled", hint="add --compile")
         resolve_device(device)  # a bad --device or --precision fails before anything is built
         check_precision(precision)
         compiled = nestc.compile(spec, _overrides(set_))
         flags = dict(device=device, precision=precision, steps=steps, max_minutes=minutes, data=data,
                      tokenizer=tokenizer, batch=batch, seq_len=seq_len, lr=lr, optimizer=optimizer, eval_every=eval_every,
                      checkpoint_every=checkpoint_every, on_nonfinite=on_nonfinite, seed=seed,
-                     lss=lss, compile=compile_ or None)
+                     lss=lss, compile=compile_ or None, loops=loops)
         return train_command(compiled, flags, out, resume, out_console=out, err_console=err_console)
 
     _run(run)
