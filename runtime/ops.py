@@ -70,7 +70,8 @@ def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int
 # How torch.compile traces a chunk loop: "unroll" (one copy of the body per chunk: long compiles,
 # the fastest steps), "scan" (the body traced once: compiles several times faster, but on CPU
 # inductor runs the scan slower than eager) or "region" (unrolled, each chunk a call of one
-# reusable compiled region, `_region_loop`: the steps of "unroll", a somewhat shorter compile).
+# reusable compiled region, `_region_loop`: for Hope 40% less compile time than "unroll", steps
+# about 10% slower).
 # `nestc bench SPEC --loops MODE` measures them; the README reports them for Hope. Set by
 # make_loss_fns.
 LOOP_MODES = ("unroll", "scan", "region")
