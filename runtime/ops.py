@@ -145,19 +145,15 @@ def _scan_loop(body, state: dict, inputs: dict, period: int, carried: list[str])
     # fresh copies: two carried leaves may be one tensor (a memory's W and M between chunks)
     init = [x.clone(memory_format=torch.contiguous_format) for x in leaves if torch.is_tensor(x)]
     final, ys = scan(step, init, {k: chunks(v) for k, v in inputs.items()})
-    new_state = dict(state, **rebuild(final))
-    for k in carried:  # memories advanced t tokens; whole chunks leave them on a boundary
-        if isinstance(new_state[k], dict) and "pos" in new_state[k]:
-            new_state[k] = dict(new_state[k], pos=state[k]["pos"] + t, offset=0)
+    new_state = _moved_on(dict(state, **rebuild(final)), state, carried, t)
     outs = {k: v.movedim(0, 1).reshape(v.shape[1], t, *v.shape[3:]) for k, v in ys.items()}
     return new_state, outs
 
 
-
 def _region_loop(body, state: dict, inputs: dict, period: int, carried: list[str], outputs: tuple[str, ...]):
-    """The chunk loop unrolled, each chunk one call of a compiled region that torch.compile traces
-    and lowers once and stamps out for the others (`torch.compiler.nested_compile_region`): the
-    compile time of a scan with the steps of an unrolled loop. `body` is a method of the block
+    """The chunk loop unrolled, each chunk one call of a compiled region that dynamo traces once
+    and stamps out for the others (`torch.compiler.nested_compile_region`): most of the compile
+    time a scan saves, without the scan's slow steps. `body` is a method of the block
     (the code generator makes it one), so the region is keyed on (module, method name) and its
     inputs are tensors and constants only. Every call sees the state the loop began with, less
     the carried tensors (as in the scan: whole chunks from a boundary, so positions and offsets
@@ -184,19 +180,25 @@ def _region_loop(body, state: dict, inputs: dict, period: int, carried: list[str
             # times one: its gradient is a fresh tensor, where the concatenation's would be a view
             # at an offset that differs per chunk, and each offset would cost a backward trace
             parts[k].append(next(it) * 1.0)
-    new_state = dict(state, **carry)
-    for k in carried:  # memories advanced t tokens; whole chunks leave them on a boundary
+    new_state = _moved_on(dict(state, **carry), state, carried, t)
+    return new_state, {k: torch.cat(v, dim=1) for k, v in parts.items()}
+
+
+def _moved_on(new_state: dict, state: dict, carried: list[str], t: int) -> dict:
+    """The state after a loop traced as one body, whose calls saw fixed positions: its memories
+    advanced t tokens, and whole chunks leave them on a chunk boundary."""
+    for k in carried:
         if isinstance(new_state[k], dict) and "pos" in new_state[k]:
             new_state[k] = dict(new_state[k], pos=state[k]["pos"] + t, offset=0)
-    return new_state, {k: torch.cat(v, dim=1) for k, v in parts.items()}
+    return new_state
 
 
 @torch.compiler.nested_compile_region
 def _region_call(owner, name: str, state: dict, piece: dict, carried: tuple, outputs: tuple, same: tuple):
-    """One chunk of `_region_loop`: the carried state's distinct tensors (`same[j]` is the first
-    position holding tensor j), then the outputs, as one flat tuple of tensors (what a reusable
-    region may return). A tensor that comes back unchanged is copied, since a region's output
-    must not alias its input."""
+    """One chunk of `_region_loop`: the carried state's distinct tensors (`same[j]`: the first
+    position that holds the same tensor as position j), then the outputs, as one flat tuple of
+    tensors (what a reusable region may return). A tensor that comes back unchanged is copied,
+    since a region's output must not alias its input."""
     from torch.utils import _pytree as pytree
 
     st, out = getattr(owner, name)(state, piece, False)
