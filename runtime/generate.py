@@ -9,8 +9,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .context import Ctx
-from .model import sequence_loss
-from .train import make_loss_fns, signals
+from .train import heldout_loss, make_loss_fns, signals
 
 
 @torch.no_grad()
@@ -65,17 +64,8 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Gene
 
 
 def perplexity(model, data, batch: int, seq_len: int, max_batches: int | None = None) -> dict:
-    """Mean next-token loss and perplexity over the held-out part of `data`."""
-    fns = make_loss_fns(model)
+    """Mean next-token loss and perplexity over the held-out part of `data` (`heldout_loss`)."""
     dev = next(model.parameters()).device
-    total, n = 0.0, 0
-    for x, y in data.eval_batches(batch, seq_len, max_batches=max_batches):
-        x, y = x.to(dev), y.to(dev)
-        with torch.enable_grad():
-            lss = signals(model, fns, x, y, scope="causal")  # no target reaches an earlier token
-        with torch.no_grad():
-            logits, _ = model(x, ctx=Ctx(lss=lss))
-            total += float(sequence_loss(logits, y))
-        n += x.shape[0]
-    loss = total / max(n, 1)
+    batches = data.eval_batches(batch, seq_len, max_batches=max_batches)
+    loss, n = heldout_loss(model, make_loss_fns(model), batches, dev)
     return {"loss": loss, "ppl": math.exp(min(loss, 50)), "sequences": n, "tokens": n * seq_len}

@@ -263,6 +263,35 @@ def _head_loss(model: nn.Module, h: Tensor, targets: Tensor, mask: Tensor | None
     return sequence_loss(logits, targets, mask)
 
 
+def heldout_loss(model: nn.Module, fns: LossFns, batches, device: torch.device,
+                 precision: str = "fp32") -> tuple[float, int]:
+    """Mean next-token loss over held-out batches ((tokens, targets) pairs) and the number of
+    sequences. Each sequence starts from fresh memories, as in training, and the local surprise
+    signals are the held-out text's own causal ones: each chunk's signal sees only the targets
+    up to its end, so no later target leaks into the loss. `Trainer.evaluate` and `nestc eval`
+    (`generate.perplexity`) both report this.
+
+    The real pass runs without autograd when eager. A compiled pass keeps grad mode as in
+    training: under no_grad dynamo would compile a second graph of every layer for it."""
+    from .devices import autocast
+
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            with autocast(device, precision):
+                with torch.enable_grad():
+                    lss = signals(model, fns, x, y, scope="causal")
+                with torch.enable_grad() if fns.compiled else torch.no_grad():
+                    total += float(fns.main(x, y, lss).detach()) * x.shape[0]  # main: the batch mean
+            n += x.shape[0]
+    finally:
+        model.train(was_training)
+    return total / max(n, 1), n
+
+
 LSS_SCOPES = ("sequence", "causal")
 
 

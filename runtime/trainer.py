@@ -26,7 +26,7 @@ from .data import prepare_corpus
 from .devices import autocast, check_precision, resolve_device
 from .metrics import MetricsLog, plot_metrics
 from .tokenizers import get_tokenizer, tokenizer_from_config
-from .train import LevelOptimizer, lr_factor, make_loss_fns, make_optimizer, signals
+from .train import LevelOptimizer, heldout_loss, lr_factor, make_loss_fns, make_optimizer, signals
 
 FORMAT_KIND = "nestc-run/1"
 
@@ -311,20 +311,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Held-out loss; each evaluation sequence starts from fresh memories, as in training.
-        The local surprise signals of the held-out text itself are used, causal ones: each chunk's
-        signal sees only the targets up to its end, so no later target leaks into the loss."""
-        self.model.eval()
-        losses, count = 0.0, 0
-        for x, y in self.data.eval_batches(self.cfg.batch, self.cfg.seq_len, max_batches=self.cfg.eval_batches):
-            x, y = x.to(self.device), y.to(self.device)
-            with autocast(self.device, self.cfg.precision):
-                with torch.enable_grad():
-                    lss = signals(self.model, self.fns, x, y, scope="causal")
-                losses += float(self.fns.main(x, y, lss)) * x.shape[0]
-            count += x.shape[0]
-        self.model.train()
-        loss = losses / max(count, 1)
+        """Held-out loss (`train.heldout_loss`: fresh memories per sequence, causal signals)."""
+        batches = self.data.eval_batches(self.cfg.batch, self.cfg.seq_len, max_batches=self.cfg.eval_batches)
+        loss, _ = heldout_loss(self.model, self.fns, batches, self.device, self.cfg.precision)
         return {"step": self.step, "kind": "eval", "loss": loss, "ppl": math.exp(min(loss, 50))}
 
     # ------------------------------------------------------------------ the loop
