@@ -9,6 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
 
@@ -163,7 +165,15 @@ def eval_command(checkpoint: Path, data: str | None, batch: int, seq_len: int | 
     else:
         dataset, info = prepare_corpus(data, tok, holdout=0.5)
         where = f"the held-out half of {data}"
-    result = perplexity(model, dataset, batch, seq_len, max_batches)
+    # a bar on stderr while it runs (causal signals take a pass per chunk boundary: minutes for
+    # a large split); it goes away at the end, and stdout keeps only the result line
+    bar = Progress(TextColumn("nestc eval"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+                   disable=not sys.stderr.isatty())
+    with bar:
+        task = bar.add_task("eval", total=None)
+        result = perplexity(model, dataset, batch, seq_len, max_batches,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"{meta.get('spec')} step {meta.get('step')} on {where}: "
                   f"loss {result['loss']:.4f}, perplexity {result['ppl']:.3f} "
                   f"({result['sequences']} sequences of {seq_len} tokens)")

@@ -63,9 +63,20 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Gene
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
-def perplexity(model, data, batch: int, seq_len: int, max_batches: int | None = None) -> dict:
-    """Mean next-token loss and perplexity over the held-out part of `data` (`heldout_loss`)."""
+def perplexity(model, data, batch: int, seq_len: int, max_batches: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> dict:
+    """Mean next-token loss and perplexity over the held-out part of `data` (`heldout_loss`).
+    `progress(done, total)` sees each batch as it is done (`nestc eval`'s progress bar)."""
     dev = next(model.parameters()).device
-    batches = data.eval_batches(batch, seq_len, max_batches=max_batches)
-    loss, n = heldout_loss(model, make_loss_fns(model), batches, dev)
+    batches = list(data.eval_batches(batch, seq_len, max_batches=max_batches))
+    on_batch = None
+    if progress is not None:
+        done = 0
+        progress(done, len(batches))
+
+        def on_batch():
+            nonlocal done
+            done += 1
+            progress(done, len(batches))
+    loss, n = heldout_loss(model, make_loss_fns(model), batches, dev, on_batch=on_batch)
     return {"loss": loss, "ppl": math.exp(min(loss, 50)), "sequences": n, "tokens": n * seq_len}

@@ -264,7 +264,7 @@ def _head_loss(model: nn.Module, h: Tensor, targets: Tensor, mask: Tensor | None
 
 
 def heldout_loss(model: nn.Module, fns: LossFns, batches, device: torch.device,
-                 precision: str = "fp32") -> tuple[float, int]:
+                 precision: str = "fp32", on_batch: Callable[[], None] | None = None) -> tuple[float, int]:
     """Mean next-token loss over held-out batches ((tokens, targets) pairs) and the number of
     sequences. Each sequence starts from fresh memories, as in training, and the local surprise
     signals are the held-out text's own causal ones: each chunk's signal sees only the targets
@@ -272,7 +272,8 @@ def heldout_loss(model: nn.Module, fns: LossFns, batches, device: torch.device,
     (`generate.perplexity`) both report this.
 
     The real pass runs without autograd when eager. A compiled pass keeps grad mode as in
-    training: under no_grad dynamo would compile a second graph of every layer for it."""
+    training: under no_grad dynamo would compile a second graph of every layer for it.
+    `on_batch()` is called after each batch (a progress display)."""
     from .devices import autocast
 
     was_training = model.training
@@ -287,6 +288,8 @@ def heldout_loss(model: nn.Module, fns: LossFns, batches, device: torch.device,
                 with torch.enable_grad() if fns.compiled else torch.no_grad():
                     total += float(fns.main(x, y, lss).detach()) * x.shape[0]  # main: the batch mean
             n += x.shape[0]
+            if on_batch is not None:
+                on_batch()
     finally:
         model.train(was_training)
     return total / max(n, 1), n

@@ -77,3 +77,11 @@ def test_grad_mode_of_the_real_pass_and_the_flags_after(compiled, tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         heldout_loss(t.model, LossFns(broken, eager.probe), batches, torch.device("cpu"))
     assert t.model.training  # restored after an error too
+
+
+def test_perplexity_reports_each_batch_to_its_progress_callback(tmp_path):
+    t = trainer("transformer", tmp_path)
+    seen = []
+    result = perplexity(t.model, t.data, 2, 16, max_batches=3, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]  # the total first, then each batch as it ends
+    assert result["sequences"] == 6
