@@ -272,7 +272,8 @@ def heldout_loss(model: nn.Module, fns: LossFns, batches, device: torch.device,
     (`generate.perplexity`) both report this.
 
     The real pass runs without autograd when eager. A compiled pass keeps grad mode as in
-    training: under no_grad dynamo would compile a second graph of every layer for it.
+    training, so the training step's graphs serve it: grad mode is one of dynamo's guards, and
+    under no_grad the first evaluation compiled every layer's graph a second time.
     `on_batch()` is called after each batch (a progress display)."""
     from .devices import autocast
 

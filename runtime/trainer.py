@@ -309,7 +309,6 @@ class Trainer:
             out[name] = int(self.optimizer.steps % period == 0)
         return out
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Held-out loss (`train.heldout_loss`: fresh memories per sequence, causal signals)."""
         batches = self.data.eval_batches(self.cfg.batch, self.cfg.seq_len, max_batches=self.cfg.eval_batches)

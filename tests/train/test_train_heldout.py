@@ -85,3 +85,17 @@ def test_perplexity_reports_each_batch_to_its_progress_callback(tmp_path):
     result = perplexity(t.model, t.data, 2, 16, max_batches=3, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]  # the total first, then each batch as it ends
     assert result["sequences"] == 6
+
+
+def test_a_compiled_run_evaluates_with_its_training_graphs(tmp_path):
+    from torch._dynamo.utils import counters
+
+    cfg = TrainConfig(steps=1, seq_len=16, batch=2, warmup=1, eval_every=0, eval_batches=2, compile=True)
+    t = Trainer(nestc.compile("transformer", SMALL), cfg, tmp_path)
+    t.train_step()
+    graphs = counters["stats"]["unique_graphs"]
+    loss = t.evaluate()["loss"]
+    assert counters["stats"]["unique_graphs"] == graphs  # no second compile (it was 2 -> 4 under no_grad)
+    eager = Trainer(nestc.compile("transformer", SMALL), TrainConfig(**{**cfg.__dict__, "compile": False}), tmp_path / "e")
+    eager.train_step()
+    assert loss == pytest.approx(eager.evaluate()["loss"], rel=1e-4)
