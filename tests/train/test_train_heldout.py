@@ -5,6 +5,8 @@ and it leaves the model's train/eval flag and grad mode as it found them."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,6 +98,6 @@ def test_a_compiled_run_evaluates_with_its_training_graphs(tmp_path):
     graphs = counters["stats"]["unique_graphs"]
     loss = t.evaluate()["loss"]
     assert counters["stats"]["unique_graphs"] == graphs  # no second compile (it was 2 -> 4 under no_grad)
-    eager = Trainer(nestc.compile("transformer", SMALL), TrainConfig(**{**cfg.__dict__, "compile": False}), tmp_path / "e")
+    eager = Trainer(nestc.compile("transformer", SMALL), dataclasses.replace(cfg, compile=False), tmp_path / "e")
     eager.train_step()
     assert loss == pytest.approx(eager.evaluate()["loss"], rel=1e-4)
