@@ -71,12 +71,7 @@ def perplexity(model, data, batch: int, seq_len: int, max_batches: int | None = 
     batches = list(data.eval_batches(batch, seq_len, max_batches=max_batches))
     on_batch = None
     if progress is not None:
-        done = 0
-        progress(done, len(batches))
-
-        def on_batch():
-            nonlocal done
-            done += 1
-            progress(done, len(batches))
+        progress(0, len(batches))
+        on_batch = lambda done: progress(done, len(batches))  # noqa: E731
     loss, n = heldout_loss(model, make_loss_fns(model), batches, dev, on_batch=on_batch)
     return {"loss": loss, "ppl": math.exp(min(loss, 50)), "sequences": n, "tokens": n * seq_len}

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .context import Ctx
+from .devices import autocast
 from .model import sequence_loss
 
 
@@ -264,7 +265,7 @@ def _head_loss(model: nn.Module, h: Tensor, targets: Tensor, mask: Tensor | None
 
 
 def heldout_loss(model: nn.Module, fns: LossFns, batches, device: torch.device,
-                 precision: str = "fp32", on_batch: Callable[[], None] | None = None) -> tuple[float, int]:
+                 precision: str = "fp32", on_batch: Callable[[int], None] | None = None) -> tuple[float, int]:
     """Mean next-token loss over held-out batches ((tokens, targets) pairs) and the number of
     sequences. Each sequence starts from fresh memories, as in training, and the local surprise
     signals are the held-out text's own causal ones: each chunk's signal sees only the targets
@@ -274,14 +275,12 @@ def heldout_loss(model: nn.Module, fns: LossFns, batches, device: torch.device,
     The real pass runs without autograd when eager. A compiled pass keeps grad mode as in
     training, so the training step's graphs serve it: grad mode is one of dynamo's guards, and
     under no_grad the first evaluation compiled every layer's graph a second time.
-    `on_batch()` is called after each batch (a progress display)."""
-    from .devices import autocast
-
+    `on_batch(i)` is called after the i-th batch, from 1 (a progress display)."""
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
     try:
-        for x, y in batches:
+        for i, (x, y) in enumerate(batches, 1):
             x, y = x.to(device), y.to(device)
             with autocast(device, precision):
                 with torch.enable_grad():
@@ -290,7 +289,7 @@ def heldout_loss(model: nn.Module, fns: LossFns, batches, device: torch.device,
                     total += float(fns.main(x, y, lss).detach()) * x.shape[0]  # main: the batch mean
             n += x.shape[0]
             if on_batch is not None:
-                on_batch()
+                on_batch(i)
     finally:
         model.train(was_training)
     return total / max(n, 1), n
