@@ -371,6 +371,7 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         from .atomic import write_text_atomic
         from .resolve import resolve_ref
         from .runtime.bench import bench as run_bench
+        from .runtime.cpu_load import busy_warning, other_load
         from .runtime.ops import LOOP_MODES
 
         if loops not in LOOP_MODES:
@@ -382,6 +383,9 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         t = seq_len or int(program.train.get("seq_len", 128))
         dev = str(resolve_device(device))
         check_precision(precision)
+        warn = busy_warning(other_load(), "just before this benchmark")
+        if warn:
+            err_console.print(f"[yellow]warning[/]: {warn}")
         res = run_bench(spec, overrides, b, t, warmup, iters, threads, compile=not no_compile,
                         loops=loops, device=dev, precision=precision)
         m = res["machine"]
@@ -406,6 +410,9 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         out.print(table)
         if len(res["rows"]) > 1:
             out.print(f"compiled / eager speed-up: {eager['median_s'] / res['rows'][1]['median_s']:.2f}×")
+        warn = busy_warning(m.get("other_cpu_load"), "while this benchmark ran")
+        if warn:
+            err_console.print(f"[yellow]warning[/]: {warn}")
         if json_out:
             write_text_atomic(json_out, _json.dumps(res, indent=2) + "\n")
 

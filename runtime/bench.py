@@ -3,7 +3,8 @@
 One row per mode: median step time over timed steps after warm-up, tokens/s, and peak resident
 memory. Compile time is measured in fresh processes: "cold" with an empty inductor cache (what a
 first run pays), "warm" with the cache the cold run left (what every later run pays). The machine,
-thread count and versions are printed with the table.
+thread count and versions are printed with the table, and the share of the CPUs other processes
+kept busy while it ran (`runtime/cpu_load.py`): a benchmark on a busy machine says so.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from .cpu_load import OtherLoad
 
 
 def machine(device: str = "cpu") -> dict:
@@ -147,6 +150,7 @@ def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, ite
           precision: str = "fp32") -> dict:
     base = dict(spec=spec, overrides=overrides, batch=batch, seq_len=seq_len, warmup=warmup,
                 iters=iters, threads=threads, loops=loops, device=device, precision=precision)
+    meter = OtherLoad().start()
     rows = [_child(dict(base, compile=False))]
     if compile:
         with tempfile.TemporaryDirectory(prefix="nestc-inductor-") as cache:
@@ -156,6 +160,7 @@ def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, ite
         cold["compile_warm_s"] = warm["first_step_s"] - warm["median_s"]
         rows.append(cold)
     torch.set_num_threads(threads)
+    # how much of the CPUs other processes took meanwhile (None where it cannot be read)
     return {"spec": spec, "overrides": overrides, "batch": batch, "seq_len": seq_len,
-            "warmup": warmup, "iters": iters, "precision": precision, "machine": machine(device),
-            "rows": rows}
+            "warmup": warmup, "iters": iters, "precision": precision,
+            "machine": dict(machine(device), other_cpu_load=meter.share()), "rows": rows}

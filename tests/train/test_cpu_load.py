@@ -1,0 +1,76 @@
+"""runtime/cpu_load.py: the share of the CPUs other processes keep busy, which `nestc bench`
+records and warns about. Real processes: busy loops in children, and this process's own work,
+which must not count as someone else's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from nestc.runtime.cpu_load import OtherLoad, busy_warning, machine_busy_s, other_load
+from train_helpers import nestc_cli, sets
+
+pytestmark = pytest.mark.skipif(machine_busy_s() is None, reason="needs Linux /proc/stat")
+CPUS = os.cpu_count() or 1
+SPIN = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass\n"
+
+
+@contextmanager
+def spinning(n: int):
+    """n child processes that each keep one core busy (for at most 30 s)."""
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(n)]
+    try:
+        time.sleep(0.5)  # let them start
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _spin_here(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+@pytest.mark.skipif(CPUS > 8, reason="keeping every core busy is too much on a large machine")
+def test_busy_children_of_another_process_count():
+    with spinning(CPUS):
+        share = other_load(1.0)
+    assert share is not None and share >= 0.6  # every core spun; allow for the start-up
+
+
+def test_this_process_and_its_children_do_not_count():
+    meter = OtherLoad().start()
+    _spin_here(1.0)
+    subprocess.run([sys.executable, "-c", SPIN.replace("30", "1")], check=True)  # a waited-for child
+    share = meter.share()
+    # without the subtraction this would be about 1 / CPUS of the machine (0.5 on two cores)
+    assert share is not None and share < 0.6 / CPUS + 0.05
+
+
+def test_warning_only_above_the_threshold():
+    assert busy_warning(None, "now") is None
+    assert busy_warning(0.1, "now") is None
+    text = busy_warning(0.9, "while this benchmark ran")
+    assert text and "90%" in text and "while this benchmark ran" in text
+
+
+@pytest.mark.skipif(CPUS > 8, reason="keeping every core busy is too much on a large machine")
+def test_bench_warns_on_a_busy_machine(tmp_path):
+    tiny = {"d_model": "32", "heads": "2", "n_layers": "1", "chunk": "8"}
+    out = tmp_path / "bench.json"
+    with spinning(CPUS):
+        r = nestc_cli("bench", "titans", "--batch", "1", "--seq-len", "16", "--warmup", "0", "--iters", "1",
+                      "--threads", "1", "--no-compile", "--json", out, *sets(tiny), timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "just before this benchmark" in r.stderr and "not reliable" in r.stderr
+    load = json.loads(out.read_text())["machine"]["other_cpu_load"]
+    assert load is not None and load > 0.25  # the spinners ran for the whole benchmark
