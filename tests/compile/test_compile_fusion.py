@@ -16,8 +16,8 @@ def test_fused_siblings_equal_separate_memories():
     separate = nestc.compile("hope", HOPE_SMALL, options={"fuse": False})
     assert "box_M_alpha_M_eta_M_k_M_v" in fused.source
     assert "box_M_alpha_M_eta_M_k_M_v" not in separate.source
+    torch.manual_seed(0)  # torch seeds its generator randomly per process: fix b's other weights
     a, b = fused.model(), separate.model()
-    torch.manual_seed(0)
     sb = {k: (torch.randn_like(v) * 0.1 if "init_weights" in k else v) for k, v in b.state_dict().items()}
     b.load_state_dict(sb)
     sa = {}
@@ -32,14 +32,18 @@ def test_fused_siblings_equal_separate_memories():
     la, _ = a(x, ctx=Ctx(lss=lss))
     lb, _ = b(x, ctx=Ctx(lss=lss))
     assert (la - lb).abs().max().item() < 1e-5
-    # and the gradients of the meta-learned initial states agree, member by member
-    ga = torch.autograd.grad(la.square().mean(), [p for n, p in a.named_parameters() if "M_alpha_M_eta" in n])
-    gb = torch.autograd.grad(lb.square().mean(), [p for n, p in b.named_parameters()
-                                                  if any(f"box_{m}." in n for m in SIBLINGS)])
-    # gb holds [layer0: M_alpha w0, w1, M_eta w0, w1, ...]; regroup into stacks per layer and weight
-    per_layer = len(gb) // 2
-    for layer in range(2):
-        mine = gb[layer * per_layer:(layer + 1) * per_layer]
-        for w in range(2):
-            stacked = torch.cat([mine[i * 2 + w] for i in range(len(SIBLINGS))], 0)
-            assert (ga[layer * 2 + w] - stacked).abs().max().item() < 1e-5
+    # and the gradients of the meta-learned initial states agree, member by member, matched by
+    # name: the separate model registers its members in the order the spec declares them, not
+    # the stacking order. (Matched by position with an absolute 1e-5, an earlier version of this
+    # test compared mismatched members without noticing: the gradients are about 1e-6.)
+    stacked_names = [n for n, _ in a.named_parameters() if "box_M_alpha_M_eta_M_k_M_v" in n]
+    ga = torch.autograd.grad(la.square().mean(), [dict(a.named_parameters())[n] for n in stacked_names])
+    params_b = dict(b.named_parameters())
+    member_names = {n: [n.replace("box_M_alpha_M_eta_M_k_M_v", f"box_{m}") for m in SIBLINGS] for n in stacked_names}
+    flat_b = [m for n in stacked_names for m in member_names[n]]
+    gb = dict(zip(flat_b, torch.autograd.grad(lb.square().mean(), [params_b[m] for m in flat_b])))
+    assert len(stacked_names) == 4  # two layers, two weights each
+    for name, g in zip(stacked_names, ga):
+        stacked = torch.cat([gb[m] for m in member_names[name]], 0)
+        scale = stacked.abs().max().item()
+        assert scale > 0 and (g - stacked).abs().max().item() <= 1e-4 * scale, name
