@@ -46,7 +46,9 @@ def run(spec: str, iters: int, warmup: int, eager_only: bool, device: str, resul
 def table(specs: list[str], results: Path = RESULTS) -> str:
     lines = ["| spec | batch × seq | params | eager tok/s | compiled tok/s | speed-up | compile cold s | compile warm s | commit |",
              "|---|---|---|---|---|---|---|---|---|"]
-    machine = None
+    from nestc.runtime.cpu_load import BUSY_THRESHOLD
+
+    machine, busy = None, []
     for spec in specs:
         path = results / f"bench_{spec}.json"
         if not path.exists():
@@ -63,7 +65,14 @@ def table(specs: list[str], results: Path = RESULTS) -> str:
         else:
             cells += ["—"] * 4
         cells.append(res["machine"].get("commit") or "—")  # "—": not recorded (an older run or an installed copy)
+        load = res["machine"].get("other_cpu_load")  # absent in runs before nestc bench measured it
+        if load is not None and load > BUSY_THRESHOLD:
+            cells[0] += " ⚠"
+            busy.append(f"⚠ {spec}: other processes kept {load:.0%} of the CPUs busy during its run; "
+                        "its timings are not reliable.")
         lines.append("| " + " | ".join(cells) + " |")
+    if busy:
+        lines += [""] + busy
     if machine:
         lines.append("")
         device = machine.get("device", "cpu")

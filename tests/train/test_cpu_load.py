@@ -74,3 +74,23 @@ def test_bench_warns_on_a_busy_machine(tmp_path):
     assert "just before this benchmark" in r.stderr and "not reliable" in r.stderr
     load = json.loads(out.read_text())["machine"]["other_cpu_load"]
     assert load is not None and load > 0.25  # the spinners ran for the whole benchmark
+
+
+def test_builtins_table_flags_a_busy_run(tmp_path):
+    """benchmarks/bench_builtins.py marks a spec whose run recorded a busy machine, and only it."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_builtins.py"
+    spec = importlib.util.spec_from_file_location("bench_builtins", script)
+    builtins = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builtins)
+    row = {"mode": "eager", "params": 1000, "tokens_per_s": 100.0, "median_s": 0.1}
+    machine = {"cpu": "test cpu", "threads": 2, "torch": "t", "python": "p", "nestc": "n"}
+    for name, load in (("quiet", 0.01), ("busy", 0.7), ("old", None)):
+        m = dict(machine, **({} if load is None else {"other_cpu_load": load}))
+        (tmp_path / f"bench_{name}.json").write_text(json.dumps(
+            {"batch": 1, "seq_len": 8, "machine": m, "rows": [row]}))
+    text = builtins.table(["quiet", "busy", "old"], tmp_path)
+    assert "| busy ⚠ |" in text and "| quiet |" in text and "| old |" in text
+    assert "busy: other processes kept 70% of the CPUs busy" in text and "quiet:" not in text
