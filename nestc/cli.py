@@ -383,9 +383,12 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         t = seq_len or int(program.train.get("seq_len", 128))
         dev = str(resolve_device(device))
         check_precision(precision)
-        warn = busy_warning(other_load(), "just before this benchmark")
-        if warn:
-            err_console.print(f"[yellow]warning[/]: {warn}")
+        def warn_if_busy(share, when):
+            warning = busy_warning(share, when)
+            if warning:
+                err_console.print(f"[yellow]warning[/]: {warning}")
+
+        warn_if_busy(other_load(), "just before this benchmark")
         res = run_bench(spec, overrides, b, t, warmup, iters, threads, compile=not no_compile,
                         loops=loops, device=dev, precision=precision)
         m = res["machine"]
@@ -410,9 +413,7 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         out.print(table)
         if len(res["rows"]) > 1:
             out.print(f"compiled / eager speed-up: {eager['median_s'] / res['rows'][1]['median_s']:.2f}×")
-        warn = busy_warning(m.get("other_cpu_load"), "while this benchmark ran")
-        if warn:
-            err_console.print(f"[yellow]warning[/]: {warn}")
+        warn_if_busy(m.get("other_cpu_load"), "while this benchmark ran")
         if json_out:
             write_text_atomic(json_out, _json.dumps(res, indent=2) + "\n")
 
