@@ -1,11 +1,12 @@
 """How much of the machine's CPU other processes use, so a benchmark can say when its timings
 are not to be trusted.
 
-On a small machine a second busy process does not just take its share: measured on the 2-core
-VM this project is built on, the compiled Titans layer of benchmarks/anchor_rows.py took a median
-1,283 ms per step (minimum 125 ms) while the test suite ran in another process, against 117 ms
-alone. The likely cause (not traced) is that OpenMP threads spin at the end of every parallel
-region for threads that are descheduled. A benchmark taken then is noise.
+On a small machine a second busy process does not just take its share: on the 2-core VM this
+project is built on, `nestc bench titans --no-compile` took a median 567.5 ms per eager step
+alone, and 3,484.7 ms and 4,585.4 ms when two of them ran at once
+(benchmarks/results/busy_pair/). The likely cause (not traced) is that OpenMP threads spin at
+the end of every parallel region for threads that are descheduled. A benchmark taken then is
+noise.
 
 The meter reads the machine's busy CPU time from /proc/stat (user, nice, system, irq, softirq;
 not steal, which the hypervisor takes) and subtracts this process's and its finished children's
