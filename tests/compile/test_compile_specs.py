@@ -97,7 +97,11 @@ def test_compiled_meta_gradients_equal_eager(name, loops, request):
         if a is None:
             assert b is None or b.abs().max() == 0
             continue
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), pname
+        # atol relative to this gradient's size: they range from 0.26 (embeddings) down to 6e-5
+        # (Hope's fused memories' initial state), where an absolute 1e-6 let a 1.6% error pass.
+        # Measured: max |a - b| <= 1.1e-6 * max |a| for every parameter, loop mode and spec.
+        scale = a.abs().max().item()
+        assert scale > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale), pname
         inits += "init" in pname
     assert inits > 0  # the meta-learned initial states received gradients
 
