@@ -28,8 +28,11 @@ def test_bf16_training_follows_the_fp32_run(tmp_path):
     fp32, _ = losses(tmp_path, "fp32")
     bf16, trainer = losses(tmp_path, "bf16")
     assert len(bf16) == len(fp32) == 4
-    # bf16 products round at 2^-9; four Adam steps later the losses still agree to ~1e-3
-    assert bf16 == pytest.approx(fp32, rel=1e-2)
+    # bf16 products round at 2^-9; four Adam steps later the losses agree to 7e-5 (measured).
+    # rel 2e-3, not 1e-2: four steps move the loss by only ~2%, so at 1e-2 a bf16 run that did
+    # not learn at all (lr 1e-12: 1.9% off at step 4, 1.0% at step 3) came close to passing.
+    assert bf16 == pytest.approx(fp32, rel=2e-3)
+    assert abs(fp32[-1] - fp32[0]) > 5 * 2e-3 * fp32[0]  # the steps moved the loss beyond it
     assert bf16 != fp32  # the products really ran in bf16
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     _, meta = load_checkpoint(tmp_path / "bf16" / "last.safetensors")
