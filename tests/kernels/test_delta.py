@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from kernel_testing import TOLERANCE, assert_close, assert_fast_matches_naive, graph_breaks, run_with_grads
+from kernel_testing import assert_close, assert_fast_matches_naive, graph_breaks
 from nestc.runtime.kernels import delta_rule, naive_delta_rule
 from nestc.runtime.kernels.delta import delta_rule_step
 
@@ -68,14 +68,8 @@ def test_state_only_when_q_is_none(dtype):
     inputs["q"] = None
     assert_fast_matches_naive(delta_rule, naive_delta_rule, inputs, chunk=8)
     # The gradient that reaches initial_state has passed 21 gates (log_g in [-1, 0]): its largest
-    # entry is about 6e-5 (fp32) / 9e-6 (fp64), below the helper's floor of 1, so the check above
-    # is absolute for it, and in fp32 (1e-4) no value of that size could fail it. Compare it
-    # relative to its own size too (measured: 3e-7 fp32, 1e-15 fp64).
-    names = [n for n, t in inputs.items() if isinstance(t, torch.Tensor) and t.requires_grad]
-    fast, naive = (dict(zip(names, run_with_grads(fn, inputs, chunk=8)[1]))["initial_state"]
-                   for fn in (delta_rule, naive_delta_rule))
-    scale = naive.abs().max().item()
-    assert scale > 0 and (fast - naive).abs().max().item() <= TOLERANCE[dtype] * scale
+    # entry is about 6e-5 (fp32) / 9e-6 (fp64), so it is only checked because assert_close's
+    # tolerance is relative to the reference's size (measured: 3e-7 fp32, 1e-15 fp64).
     o, state = delta_rule(**inputs, chunk=8)
     assert o is None and state.shape == (2, 2, 5, 4)
 
