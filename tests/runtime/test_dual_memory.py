@@ -98,7 +98,9 @@ def test_streaming_after_a_dual_call_continues_the_same_memory():
 
     def call(state, s, e, form):
         memory.s.form = form
-        return memory(state, keys=x[:, :, s:e], target=target[:, :, s:e], lr=0.3, gate=0.9,
+        # lr 0.1: at 0.3 the memory diverged on these unnormalised keys (reads of 1.5e17 by the
+        # last chunk), and the comparison was between two blown-up states; at 0.1 reads stay <= 1
+        return memory(state, keys=x[:, :, s:e], target=target[:, :, s:e], lr=0.1, gate=0.9,
                       query=x[:, :, s:e], out_grad=lambda p, t, a, b: grad(p, t))
 
     whole, _ = call(memory.initial_state(2), 0, 19, "state")
