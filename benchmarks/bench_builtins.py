@@ -46,7 +46,7 @@ def run(spec: str, iters: int, warmup: int, eager_only: bool, device: str, resul
 def table(specs: list[str], results: Path = RESULTS) -> str:
     lines = ["| spec | batch × seq | params | eager tok/s | compiled tok/s | speed-up | compile cold s | compile warm s | commit |",
              "|---|---|---|---|---|---|---|---|---|"]
-    from nestc.runtime.cpu_load import BUSY_THRESHOLD
+    from nestc.runtime.cpu_load import busy_warning
 
     machine, busy = None, []
     for spec in specs:
@@ -65,11 +65,11 @@ def table(specs: list[str], results: Path = RESULTS) -> str:
         else:
             cells += ["—"] * 4
         cells.append(res["machine"].get("commit") or "—")  # "—": not recorded (an older run or an installed copy)
-        load = res["machine"].get("other_cpu_load")  # absent in runs before nestc bench measured it
-        if load is not None and load > BUSY_THRESHOLD:
+        # other_cpu_load is absent in runs from before nestc bench measured it (no warning then)
+        warning = busy_warning(res["machine"].get("other_cpu_load"), "during its run")
+        if warning:
             cells[0] += " ⚠"
-            busy.append(f"⚠ {spec}: other processes kept {load:.0%} of the CPUs busy during its run; "
-                        "its timings are not reliable.")
+            busy.append(f"⚠ {spec}: {warning}")
         lines.append("| " + " | ".join(cells) + " |")
     if busy:
         lines += [""] + busy
