@@ -241,8 +241,10 @@ class NestOptimizer(torch.optim.Optimizer):
         import torch as _torch
 
         from .inductor_caches import widen
+        from .kernel_batching import batch_kernel_builds
 
         widen()
+        batch_kernel_builds()
         for i in range(len(getattr(self, "VARIANTS", ()))):
             name = f"_update_{i}"
             setattr(self, name, _torch.compile(getattr(self, name), fullgraph=True, **kwargs))
