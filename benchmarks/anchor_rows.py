@@ -35,12 +35,10 @@ from nestc_import import ensure_nestc  # noqa: E402
 ensure_nestc()
 import nestc  # noqa: E402
 from nestc.runtime.context import Ctx  # noqa: E402
-from nestc.runtime.inductor_caches import widen  # noqa: E402
-from nestc.runtime.kernel_batching import batch_kernel_builds  # noqa: E402
+from nestc.runtime.inductor_setup import prepare_inductor  # noqa: E402
 from nestc.runtime.train import make_loss_fns, make_optimizer, signals  # noqa: E402
 
-widen()  # as nestc's own compile paths do: a shorter compile, the same generated code
-batch_kernel_builds()  # likewise: the kernels built a few per g++ run
+prepare_inductor()  # as nestc's own compile paths do: a shorter compile, the same generated code
 MODES = [m for m in os.environ.get("NESTC_BENCH_MODES", "eager,compiled").split(",") if m]
 
 

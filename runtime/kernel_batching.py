@@ -44,7 +44,7 @@ def batch_kernel_builds() -> bool:
     hooks = _hooks()
     if hooks is None:
         return False
-    AsyncCompile = hooks[0]
+    AsyncCompile, get_compile_threads, Bindings = hooks
     if getattr(AsyncCompile, _PATCHED, False):
         return True
     original_pybinding, original_wait = AsyncCompile.cpp_pybinding, AsyncCompile.wait
@@ -52,7 +52,7 @@ def batch_kernel_builds() -> bool:
     def cpp_pybinding(self, argtypes, source_code):
         if not enabled() or not batchable(source_code):
             return original_pybinding(self, argtypes, source_code)
-        batch = self.__dict__.setdefault("_nestc_batch", KernelBatch(self))
+        batch = self.__dict__.setdefault("_nestc_batch", KernelBatch(self, get_compile_threads, Bindings))
         return batch.add(list(argtypes), source_code)
 
     def wait(self, scope):
@@ -76,15 +76,18 @@ def enabled() -> bool:
 
 
 def _hooks():
+    """(AsyncCompile, get_compile_threads, CppPythonBindingsCodeCache), or None when this torch
+    lacks any of the entry points the patch uses."""
     try:
         from torch._inductor.async_compile import AsyncCompile, get_compile_threads
-        from torch._inductor.codecache import CodeCacheFuture, CppPythonBindingsCodeCache
+        from torch._inductor.codecache import CppPythonBindingsCodeCache
     except ImportError:
         return None
     needed = (hasattr(AsyncCompile, "cpp_pybinding") and hasattr(AsyncCompile, "wait")
               and hasattr(CppPythonBindingsCodeCache, "load_async")
+              and hasattr(CppPythonBindingsCodeCache, "load_pybinding_async")
               and hasattr(CppPythonBindingsCodeCache, "load_pybinding"))
-    return (AsyncCompile, get_compile_threads, CodeCacheFuture, CppPythonBindingsCodeCache) if needed else None
+    return (AsyncCompile, get_compile_threads, CppPythonBindingsCodeCache) if needed else None
 
 
 def batchable(source: str) -> bool:
@@ -219,20 +222,23 @@ class BatchedKernel:
         self.batch.build()
         return self.batch.functions[self.index]
 
-    def __call__(self, *args):  # a kernel called before wait(): build then run (not seen in practice)
+    def __call__(self, *args):
+        # Inductor's wrappers call kernels only after wait() has swapped the placeholders out;
+        # a caller that does not still gets the right kernel, built (with its batch) on first use.
         return self.result()(*args)
 
 
 class KernelBatch:
     """The kernels one wrapper module asked for, built together at its `wait`."""
 
-    def __init__(self, async_compile):
+    def __init__(self, async_compile, get_compile_threads, bindings):
         self.async_compile = async_compile
+        self.get_compile_threads, self.bindings = get_compile_threads, bindings
         self.kernels: list[tuple[list[str], str]] = []
         self.functions: list | None = None
 
     def add(self, argtypes: list[str], source: str) -> BatchedKernel:
-        if self.functions is not None:  # already built: a late kernel gets a batch of its own
+        if self.functions is not None:  # wait() pops the batch before building it, so never seen
             raise RuntimeError("kernel added to a batch that was already built")
         self.kernels.append((argtypes, source))
         return BatchedKernel(self, len(self.kernels) - 1)
@@ -240,8 +246,8 @@ class KernelBatch:
     def build(self) -> None:
         if self.functions is not None:
             return
-        _, get_compile_threads, _, Bindings = _hooks()
-        threads = get_compile_threads()
+        Bindings = self.bindings
+        threads = self.get_compile_threads()
         submit = self.async_compile.submit if threads > 1 else None
         runs = groups([len(s) for _, s in self.kernels], threads)
         started = []

@@ -240,11 +240,9 @@ class NestOptimizer(torch.optim.Optimizer):
         Python and every variant's inputs are tensors, so nothing recompiles as steps advance."""
         import torch as _torch
 
-        from .inductor_caches import widen
-        from .kernel_batching import batch_kernel_builds
+        from .inductor_setup import prepare_inductor
 
-        widen()
-        batch_kernel_builds()
+        prepare_inductor()  # compile time only (runtime/inductor_setup.py)
         for i in range(len(getattr(self, "VARIANTS", ()))):
             name = f"_update_{i}"
             setattr(self, name, _torch.compile(getattr(self, name), fullgraph=True, **kwargs))

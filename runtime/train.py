@@ -220,12 +220,10 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
                 return probe_loss(model, x, y, probes, mask)
 
         return LossFns(lambda x, y, lss: forward_loss(model, x, y, lss), eager_probe)
-    from .inductor_caches import widen
-    from .kernel_batching import batch_kernel_builds
+    from .inductor_setup import prepare_inductor
     from .ops import set_loop_mode
 
-    widen()  # compile time only: the generated code is the same (runtime/inductor_caches.py)
-    batch_kernel_builds()  # compile time only: fewer g++ runs, the same kernels (runtime/kernel_batching.py)
+    prepare_inductor()  # compile time only: the generated code is the same (runtime/inductor_setup.py)
     set_loop_mode(loops)
     # static shapes: a new shape gets its own graph. Symbolic shapes over the unrolled chunk
     # loops send sympy into a search of tens of minutes (seen with a second Titans layer size).

@@ -121,3 +121,38 @@ def test_groups_are_consecutive_runs_covering_every_kernel_once(sizes, n):
     assert all(len(r) > 0 for r in runs)
     if sizes == [5] * 7:
         assert [len(r) for r in runs] == [4, 3]  # about equal halves
+
+
+def _scaled_kernel(scale: float, offset: float) -> str:
+    return KERNEL.replace("in_ptr0[i] * 2.0f", f"in_ptr0[i] * {scale}f + {offset}f")
+
+
+def test_a_placeholder_called_before_wait_builds_its_batch_and_runs_its_own_kernel(tmp_path, monkeypatch):
+    from torch._inductor.async_compile import AsyncCompile
+    from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    CppPythonBindingsCodeCache.cache_clear()
+    _, get_compile_threads, bindings = kernel_batching._hooks()
+    batch = kernel_batching.KernelBatch(AsyncCompile(), get_compile_threads, bindings)
+    argtypes = ["const float*", "float*"]
+    placeholders = [batch.add(argtypes, _scaled_kernel(s, o)) for s, o in [(2.0, 0.0), (3.0, 1.0), (-1.0, 0.5)]]
+    x = torch.arange(16, dtype=torch.float32)
+    for placeholder, (s, o) in reversed(list(zip(placeholders, [(2.0, 0.0), (3.0, 1.0), (-1.0, 0.5)]))):
+        out = torch.empty(16)
+        placeholder(x, out)  # the first call builds all three; each runs its own kernel
+        assert torch.equal(out, x * s + o)
+    assert batch.functions is not None and len(_libraries(tmp_path)) < 3
+    with pytest.raises(RuntimeError, match="already built"):
+        batch.add(argtypes, KERNEL)
+
+
+def test_prepare_inductor_applies_every_compile_time_adjustment():
+    from nestc.runtime.inductor_setup import prepare_inductor
+
+    active = prepare_inductor()
+    assert active == {"wide_index_caches": True, "batched_kernel_builds": True}
+    from torch._inductor.async_compile import AsyncCompile
+
+    assert getattr(AsyncCompile, kernel_batching._PATCHED)
+    assert prepare_inductor() == active  # idempotent

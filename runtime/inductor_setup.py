@@ -1,0 +1,21 @@
+"""The compile-time adjustments nestc makes to inductor before it calls torch.compile.
+
+Each one changes how long a compile takes, never the code it produces, and each lives in a
+module of its own with its own tests:
+
+- `inductor_caches.widen`: memo caches for two index helpers large enough for a whole graph;
+- `kernel_batching.batch_kernel_builds`: a graph's C++ kernels built a few per g++ run.
+
+`prepare_inductor()` applies all of them; every nestc path that compiles (the training step,
+the optimizer steps, the benchmark rows) calls it, so they all compile the same way.
+"""
+
+from __future__ import annotations
+
+from .inductor_caches import widen
+from .kernel_batching import batch_kernel_builds
+
+
+def prepare_inductor() -> dict[str, bool]:
+    """Apply every adjustment (idempotent); says which are active in this process and torch."""
+    return {"wide_index_caches": widen(), "batched_kernel_builds": batch_kernel_builds()}
