@@ -4,18 +4,22 @@ Each one changes how long a compile takes, never the code it produces, and each 
 module of its own with its own tests:
 
 - `inductor_caches.widen`: memo caches for two index helpers large enough for a whole graph;
-- `kernel_batching.batch_kernel_builds`: a graph's C++ kernels built a few per g++ run.
+- `kernel_batching.batch_kernel_builds`: a graph's C++ kernels built a few per g++ run;
+- `vec_isa_probes.probe_vec_isas_ahead`: inductor's vector-ISA test builds started early, side by
+  side, instead of one after another inside the first compile.
 
 `prepare_inductor()` applies all of them; every nestc path that compiles (the training step,
-the optimizer steps, the benchmark rows) calls it, so they all compile the same way.
+the optimizer steps, the benchmark rows, the test session) calls it, so they all compile the same way.
 """
 
 from __future__ import annotations
 
 from .inductor_caches import widen
 from .kernel_batching import batch_kernel_builds
+from .vec_isa_probes import probe_vec_isas_ahead
 
 
 def prepare_inductor() -> dict[str, bool]:
     """Apply every adjustment (idempotent); says which are active in this process and torch."""
-    return {"wide_index_caches": widen(), "batched_kernel_builds": batch_kernel_builds()}
+    return {"wide_index_caches": widen(), "batched_kernel_builds": batch_kernel_builds(),
+            "vec_isa_probes_ahead": probe_vec_isas_ahead()}
