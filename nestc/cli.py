@@ -394,7 +394,8 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         m = res["machine"]
         out.print(f"[bold]nestc bench {spec}[/]  batch {b} × seq {t} = {b * t} tokens/step, "
                   f"{iters} timed steps after {warmup + 1} warm-up")
-        out.print(f"{m['cpu']} | {m['threads']} threads | device {m['device']} | {precision} "
+        isa = f" ({m['cpu_capability']})" if m.get("cpu_capability") else ""
+        out.print(f"{m['cpu']}{isa} | {m['threads']} threads | device {m['device']} | {precision} "
                   f"| torch {m['torch']} "
                   f"| python {m['python']} | nestc {m['nestc']}"
                   + (f" | chunk loops: {loops}" if not no_compile else ""))

@@ -38,7 +38,10 @@ def machine(device: str = "cpu") -> dict:
 
     from .devices import describe
 
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+    # "AMD EPYC" names VMs with and without AVX-512, which compile and run at different speeds
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: None)()
+    return {"cpu": cpu, "cpu_capability": capability, "logical_cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
             "device": describe(torch.device(device)), "torch": torch.__version__,
             "python": platform.python_version(), "nestc": nestc.__version__,
             "commit": source_commit()}
