@@ -5,9 +5,10 @@ Before it writes its first C++ kernel, inductor decides which vector instruction
 (`cpu_vec_isa.valid_vec_isa_list`): for every ISA the CPU reports (AVX2, AVX-512, AVX-512 VNNI,
 AMX) it builds a small test library with that ISA's flags, without the precompiled header, and
 loads it in a child process. With an empty inductor cache, which is what the first compile on a
-new machine or in a new cache directory has, those builds run serially inside the compile: ~3 s
-on an AVX2-only machine and ~11 s on an AVX-512 one, where there are six (on this project's
-2-core VMs; py-spy, scratch). With a warm cache the libraries exist and only the load checks run.
+new machine or in a new cache directory has, those builds run serially inside the compile: one
+probe of ~6 s on this project's AVX2-only VM, six builds and ~11 s on its AVX-512 one (2-core
+VMs; the test's serial probe script and py-spy, scratch). With a warm cache the libraries exist
+and only the load checks run.
 
 `probe_vec_isas_ahead()` starts every candidate's probe on a thread of its own as soon as nestc
 knows it will compile (g++ and the child process run outside the GIL, so they overlap with
