@@ -52,7 +52,9 @@ def batch_kernel_builds() -> bool:
     def cpp_pybinding(self, argtypes, source_code):
         if not enabled() or not batchable(source_code):
             return original_pybinding(self, argtypes, source_code)
-        batch = self.__dict__.setdefault("_nestc_batch", KernelBatch(self, get_compile_threads, Bindings))
+        batch = self.__dict__.get("_nestc_batch")
+        if batch is None:
+            batch = self.__dict__["_nestc_batch"] = KernelBatch(self, get_compile_threads, Bindings)
         return batch.add(list(argtypes), source_code)
 
     def wait(self, scope):
@@ -238,7 +240,9 @@ class KernelBatch:
         self.functions: list | None = None
 
     def add(self, argtypes: list[str], source: str) -> BatchedKernel:
-        if self.functions is not None:  # wait() pops the batch before building it, so never seen
+        # reached only when a placeholder ran before wait() and more kernels followed, which
+        # inductor's wrappers never do (they ask for every kernel, then wait, then run)
+        if self.functions is not None:
             raise RuntimeError("kernel added to a batch that was already built")
         self.kernels.append((argtypes, source))
         return BatchedKernel(self, len(self.kernels) - 1)
