@@ -56,8 +56,6 @@ def probe_vec_isas_ahead() -> bool:
         return original()
 
     setattr(valid_vec_isa_list, _PATCHED, True)
-    valid_vec_isa_list.original = original
-    valid_vec_isa_list.probes = threads
     cpu_vec_isa.valid_vec_isa_list = valid_vec_isa_list
     return True
 

@@ -136,9 +136,10 @@ def test_a_placeholder_called_before_wait_builds_its_batch_and_runs_its_own_kern
     _, get_compile_threads, bindings = kernel_batching._hooks()
     batch = kernel_batching.KernelBatch(AsyncCompile(), get_compile_threads, bindings)
     argtypes = ["const float*", "float*"]
-    placeholders = [batch.add(argtypes, _scaled_kernel(s, o)) for s, o in [(2.0, 0.0), (3.0, 1.0), (-1.0, 0.5)]]
+    affine = [(2.0, 0.0), (3.0, 1.0), (-1.0, 0.5)]
+    placeholders = [batch.add(argtypes, _scaled_kernel(s, o)) for s, o in affine]
     x = torch.arange(16, dtype=torch.float32)
-    for placeholder, (s, o) in reversed(list(zip(placeholders, [(2.0, 0.0), (3.0, 1.0), (-1.0, 0.5)]))):
+    for placeholder, (s, o) in reversed(list(zip(placeholders, affine))):
         out = torch.empty(16)
         placeholder(x, out)  # the first call builds all three; each runs its own kernel
         assert torch.equal(out, x * s + o)
