@@ -3,8 +3,10 @@
 Each one changes how long a compile takes, never the code it produces, and each lives in a
 module of its own with its own tests:
 
-- `inductor_caches.widen`: memo caches for two index helpers large enough for a whole graph;
+- `inductor_caches.widen`: memo caches for two index helpers large enough for a whole graph, and
+  a shortcut for plain strided indexing;
 - `kernel_batching.batch_kernel_builds`: a graph's C++ kernels built a few per g++ run;
+- `inductor_tails.skip_empty_tails`: no vector tail kernels written for loops whose tail is empty;
 - `vec_isa_probes.probe_vec_isas_ahead`: inductor's vector-ISA test builds started early, side by
   side, instead of one after another inside the first compile.
 
@@ -15,6 +17,7 @@ the optimizer steps, the benchmark rows, the test session) calls it, so they all
 from __future__ import annotations
 
 from .inductor_caches import widen
+from .inductor_tails import skip_empty_tails
 from .kernel_batching import batch_kernel_builds
 from .vec_isa_probes import probe_vec_isas_ahead
 
@@ -22,4 +25,5 @@ from .vec_isa_probes import probe_vec_isas_ahead
 def prepare_inductor() -> dict[str, bool]:
     """Apply every adjustment (idempotent); says which are active in this process and torch."""
     return {"wide_index_caches": widen(), "batched_kernel_builds": batch_kernel_builds(),
+            "empty_tails_skipped": skip_empty_tails(),
             "vec_isa_probes_ahead": probe_vec_isas_ahead()}

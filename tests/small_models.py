@@ -40,3 +40,30 @@ def loss_and_grads(model, x, y):
     fns = make_loss_fns(model)
     loss = fns.main(x, y, signals(model, fns, x, y))
     return loss, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+
+
+def generated_code(fn, *args) -> str:
+    """The code inductor writes for `fn(*args)` (every graph it compiles while that runs,
+    backward graphs included), from an empty dynamo state and without the FX graph cache, less
+    the per-process graph counters in the headers."""
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    with config.patch(fx_graph_cache=False):
+        _, codes = run_and_get_code(fn, *args)
+    return "\n".join(line for code in codes for line in code.splitlines() if not line.startswith("# AOT ID"))
+
+
+def compiled_step_code(name: str, seq_len: int = 16) -> str:
+    """The code inductor writes for one compiled training step (loss, backward) of the shrunk
+    built-in `name`: the graphs nestc's own compile paths produce."""
+    torch.manual_seed(0)
+    model = small(name).model(vocab=64)
+    fns = make_loss_fns(model, compile=True)
+    x, y = torch.randint(0, 64, (2, seq_len)), torch.randint(0, 64, (2, seq_len))
+
+    def step():
+        fns.main(x, y, signals(model, fns, x, y)).backward()
+
+    return generated_code(step)

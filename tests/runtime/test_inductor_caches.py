@@ -7,7 +7,8 @@ import pytest
 import sympy
 import torch
 
-from nestc.runtime.inductor_caches import set_cache_size, widen
+from nestc.runtime.inductor_caches import linear_stride, set_cache_size, torch_stride_at_vec_range, widen
+from small_models import compiled_step_code, generated_code
 
 sizevars = pytest.importorskip("torch._inductor.sizevars")
 cpp = pytest.importorskip("torch._inductor.codegen.cpp")
@@ -26,11 +27,12 @@ def _index_expressions():
 
 def test_widen_gives_large_caches_over_the_same_functions_and_is_idempotent():
     assert set_cache_size(128)  # torch's own default
-    wrapped = sizevars.stride_at_vec_range.__wrapped__
+    wrapped = torch_stride_at_vec_range()
     assert widen(entries=4096)
     assert sizevars.stride_at_vec_range.cache_info().maxsize == 4096
     assert sizevars.simplify_index_in_vec_range.cache_info().maxsize == 4096
-    assert sizevars.stride_at_vec_range.__wrapped__ is wrapped
+    assert torch_stride_at_vec_range() is wrapped  # torch's function under the shortcut, not rewrapped
+    assert not getattr(wrapped, "_nestc_shortcut", False)
     assert cpp.stride_at_vec_range is sizevars.stride_at_vec_range  # the name cpp.py calls
     first = sizevars.stride_at_vec_range
     assert widen(entries=4096) and sizevars.stride_at_vec_range is first  # nothing re-wrapped
@@ -40,20 +42,9 @@ def test_widened_helpers_return_what_the_uncached_functions_return():
     widen()
     for var, index in _index_expressions():
         for vec in (None, 8, 16):
-            expect = sizevars.stride_at_vec_range.__wrapped__(index, var, vec)
+            expect = torch_stride_at_vec_range()(index, var, vec)
             assert sizevars.stride_at_vec_range(index, var, vec) == expect
             assert sizevars.stride_at_vec_range(index, var, vec) == expect  # a cache hit
-
-
-def _generated_code(fn, *args) -> str:
-    from torch._inductor import config
-    from torch._inductor.utils import run_and_get_code
-
-    torch._dynamo.reset()
-    with config.patch(fx_graph_cache=False):
-        _, codes = run_and_get_code(torch.compile(fn, fullgraph=True, dynamic=False), *args)
-    # the header names the graph by a per-process counter; the rest is the generated code
-    return "\n".join(line for code in codes for line in code.splitlines() if not line.startswith("# AOT ID"))
 
 
 def test_inductor_writes_the_same_code_with_one_entry_caches_and_wide_ones():
@@ -67,12 +58,70 @@ def test_inductor_writes_the_same_code_with_one_entry_caches_and_wide_ones():
     x, w = torch.randn(2, 16, 32), torch.randn(8, 8)
     try:
         assert set_cache_size(1)
-        tiny = _generated_code(heads_and_chunks, x, w)
+        tiny = generated_code(torch.compile(heads_and_chunks, fullgraph=True, dynamic=False), x, w)
         asked = sizevars.stride_at_vec_range.cache_info()
         assert set_cache_size(1 << 16)
-        wide = _generated_code(heads_and_chunks, x, w)
+        wide = generated_code(torch.compile(heads_and_chunks, fullgraph=True, dynamic=False), x, w)
     finally:
         widen()
     assert "cpp_fused" in tiny  # inductor did write C++ kernels
     assert asked.misses > 1  # ... and asked the helper about several index expressions
     assert tiny == wide
+
+
+def _recorded_strides(run):
+    """Every distinct (index, var, vec_length) inductor asks the stride helper about while `run()`
+    compiles, with torch's own answer."""
+    original = torch_stride_at_vec_range()
+    asked = {}
+
+    def recording(index, var, vec_length=None):
+        asked[(index, var, vec_length)] = answer = original(index, var, vec_length)
+        return answer
+
+    resized = sizevars.stride_at_vec_range
+    sizevars.stride_at_vec_range = cpp.stride_at_vec_range = recording
+    try:
+        run()
+    finally:
+        sizevars.stride_at_vec_range = cpp.stride_at_vec_range = resized
+    return asked
+
+
+def test_linear_stride_reads_plain_strided_indexing_and_leaves_the_rest_to_torch():
+    from torch.utils._sympy.functions import FloorDiv, ModularIndexing
+
+    x0, x1, x2 = (sympy.Symbol(f"x{i}", integer=True, nonnegative=True) for i in range(3))
+    assert linear_stride(256 * x0 + 4 * x1 + 7, x1) == 4
+    assert linear_stride(256 * x0 + FloorDiv(x2, 64) + 3 * x1, x1) == 3  # a var-free floor division
+    assert linear_stride(256 * x0 + 4 * x1, x2) == 0  # does not depend on it
+    assert linear_stride(x0 * x1 + x1, x1) is None  # a symbolic coefficient
+    assert linear_stride(x1 + FloorDiv(x1, 16), x1) is None
+    assert linear_stride(64 * ModularIndexing(x2, 1, 64) + x2, x2) is None
+    for index, var in [(256 * x0 + 4 * x1 + 7, x1), (256 * x0 + FloorDiv(x2, 64) + 3 * x1, x1)]:
+        for vec in (None, 16):
+            mine, torchs = linear_stride(index, var), torch_stride_at_vec_range()(index, var, vec)
+            assert mine == torchs and type(mine) is type(torchs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["titans_mac", "hope", "cms"])
+def test_linear_stride_agrees_with_torch_on_every_expression_a_built_in_step_asks_about(name):
+    asked = _recorded_strides(lambda: compiled_step_code(name))
+    eligible = {key: answer for key, answer in asked.items() if linear_stride(key[0], key[1]) is not None}
+    assert len(eligible) > 0.5 * len(asked) > 10  # most of what a real step asks is plain strides
+    for (index, var, _), answer in eligible.items():
+        mine = linear_stride(index, var)
+        assert mine == answer and type(mine) is type(answer), (index, var)
+
+
+@pytest.mark.slow
+def test_the_shortcut_leaves_a_built_in_steps_generated_code_unchanged():
+    try:
+        assert set_cache_size(1 << 16, shortcut=False)
+        without = compiled_step_code("titans_mac")
+        assert widen()
+        with_it = compiled_step_code("titans_mac")
+    finally:
+        widen()
+    assert "cpp_fused" in without and with_it == without

@@ -152,7 +152,8 @@ def test_prepare_inductor_applies_every_compile_time_adjustment():
     from nestc.runtime.inductor_setup import prepare_inductor
 
     active = prepare_inductor()
-    assert active == {"wide_index_caches": True, "batched_kernel_builds": True, "vec_isa_probes_ahead": True}
+    assert active == {"wide_index_caches": True, "batched_kernel_builds": True,
+                      "empty_tails_skipped": True, "vec_isa_probes_ahead": True}
     from torch._inductor.async_compile import AsyncCompile
 
     assert getattr(AsyncCompile, kernel_batching._PATCHED)
