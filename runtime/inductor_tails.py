@@ -13,9 +13,10 @@ source. Writing them is pure Python work: a Titans MAC layer's training step til
 `skip_empty_tails()` makes inductor read `cpp.enable_loop_tail_vec` as off while it writes one
 loop nest whose every tiled loop has a statically empty tail, so it takes its other branch, which
 writes no vector tail kernel (the scalar kernel it already wrote stands in, over an empty range).
-Loops with a real tail, or with a symbolic size, are untouched. The C++ source is the same byte for
-byte (tests/runtime/test_inductor_tails.py compiles the same graphs both ways), only the time to
-write it changes. It is idempotent, undone by `restore()`, and does nothing when this torch lacks
+Loops with a real tail or a symbolic size are untouched, and so are nests with a reduction (in
+the other branch a reduction declares per-lane accumulators it never uses, so the source would
+differ). The C++ source is the same byte for byte (tests/runtime/test_inductor_tails.py
+compiles the same graphs both ways), only the time to write it changes. It is idempotent, undone by `restore()`, and does nothing when this torch lacks
 the two methods it wraps.
 """
 
