@@ -668,8 +668,17 @@ class _Dumper(yaml.SafeDumper):
     pass
 
 
+# line breaks YAML knows besides \n: in a plain or block scalar they would load back as a line
+# break or a space (a .nest comment keeps them as text), so such strings are written quoted,
+# where the emitter escapes them
+_OTHER_BREAKS = ("\r", "\x85", "\u2028", "\u2029")
+
+
 def _str_presenter(dumper, data):
-    style = "|" if "\n" in data else None
+    if any(b in data for b in _OTHER_BREAKS):
+        style = '"'
+    else:
+        style = "|" if "\n" in data else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
