@@ -16,8 +16,8 @@ writes no vector tail kernel (the scalar kernel it already wrote stands in, over
 Loops with a real tail or a symbolic size are untouched, and so are nests with a reduction (in
 the other branch a reduction declares per-lane accumulators it never uses, so the source would
 differ). The C++ source is the same byte for byte (tests/runtime/test_inductor_tails.py
-compiles the same graphs both ways), only the time to write it changes. It is idempotent, undone by `restore()`, and does nothing when this torch lacks
-the two methods it wraps.
+compiles the same graphs both ways), only the time to write it changes. It is idempotent, undone
+by `restore()`, and does nothing when this torch lacks the two methods it wraps.
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ def _hooks():
     except ImportError:
         return None
     LoopNest, Proxy = getattr(cpp, "LoopNest", None), getattr(cpp, "CppKernelProxy", None)
-    if not (callable(getattr(LoopNest, "tile", None)) and callable(getattr(Proxy, "codegen_functions", None))):
+    if not callable(getattr(LoopNest, "tile", None)):
+        return None
+    if not callable(getattr(Proxy, "codegen_functions", None)):
         return None
     if not hasattr(config.cpp, "enable_loop_tail_vec"):
         return None
