@@ -143,6 +143,7 @@ WORDS = {
     "act": ("gelu", "silu", "relu", "tanh", "sigmoid", "identity"),
     "read": ("before", "after"),
     "grad": ("through", "stop"),
+    "grad_state": ("chunk_start", "call_start"),
     "reset": ("sequence", "never"),
     "mode": ("weighted", "sum", "mean"),
 }

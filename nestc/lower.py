@@ -268,7 +268,7 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
                and (ret.grad_at == "previous" or (box.freq.period == 1 and opt.kind == "gd"))
                and box.freq.inner == 1 and st.form in ("matrix", "mlp"))
     if deep_ok and st.form == "matrix" and box.freq.period == 1 and opt.kind == "gd" and \
-            obj.kind in ("l2", "dot") and not lss:
+            obj.kind in ("l2", "dot") and not lss and box.grad_state == "chunk_start":
         if obj.kind == "l2":
             return BoxPlan(box, "delta_rule_chunked", "matrix memory + L2 objective + GD, every "
                            "token -> chunked (gated) delta rule in WY form",
@@ -291,10 +291,31 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
                    "gradients", objective=obj, retention=ret, optimizer=opt, lss=lss)
 
 
+def _call_start_unsupported(p: BoxPlan, errors: Collector) -> bool:
+    """`grad_state call_start` is implemented by rule deep_memory_chunked for GD and momentum:
+    the other rules' updates read the state they change (DGD, the per-token fallback) or learn
+    across steps, where a call has no tokens to share a state."""
+    box = p.box
+    if box.grad_state == "chunk_start":
+        return False
+    opt = p.optimizer.kind if p.optimizer is not None else "gd"
+    if p.rule == "deep_memory_chunked" and opt in ("gd", "momentum"):
+        return False
+    errors.error(box.prop_pos.get("grad_state", box.pos),
+                 f"box `{box.name}`: `grad_state call_start` needs an MLP or matrix memory updated "
+                 f"every N tokens with gd or momentum (rule deep_memory_chunked), but this box "
+                 f"lowers to {p.rule}" + (f" with `optimizer {opt}`" if p.rule == "deep_memory_chunked" else ""),
+                 hint="drop `grad_state` (gradients at each chunk's start state), or use "
+                      "`optimizer gd` / `optimizer momentum(...)`")
+    return True
+
+
 def plan(program: Program, errors: Collector) -> dict[str, BoxPlan]:
     plans: dict[str, BoxPlan] = {}
     for q, b in program.boxes.items():
         p = _plan_box(b, errors)
+        if p is not None and _call_start_unsupported(p, errors):
+            p = None
         if p is not None:
             plans[q] = p
     for opt in program.optimizers:

@@ -100,6 +100,7 @@ class BoxInfo:
     freq: Frequency = field(default_factory=lambda: Frequency("token"))
     read: str = "before"
     grad: str = "through"
+    grad_state: str = "chunk_start"  # chunk_start | call_start: where inner gradients are taken
     window: int = 0
     persistent: int = 0
     rope: bool = False

@@ -726,12 +726,13 @@ class Resolver:
                            role="generator", refs=info.refs, let_refs=let_refs, stop=False,
                            on_read=None, allow_lss=False, what="")
         # simple settings
-        for pname, options in (("read", WORDS["read"]), ("grad", WORDS["grad"])):
+        for pname in ("read", "grad", "grad_state"):  # a word, a string, or a string param
+            options = WORDS[pname]
             p = one(pname)
             if p is not None:
-                w = _word_of(self._fold_if(p.value))
+                w = self._word(p.value)
                 if w not in options:
-                    self.err(p.value.pos, f"`{pname}` must be " + " or ".join(options),
+                    self.err(p.value.pos, f"`{pname}` must be " + " or ".join(options) + f", got {w!r}",
                              hint=did_you_mean(str(w), options))
                 else:
                     setattr(info, pname, w)

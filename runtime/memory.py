@@ -11,7 +11,8 @@ level (meta-learned, NL §1.6 item 4) or as a fixed buffer, and processes a stre
   scalar coefficients, so the chunk's update is sum_t w_t delta_t a_tᵀ with per-token weights w_t
   in closed form (Titans Eqs. 16-18): no per-token loop. DGD's state-dependent decay
   M (gamma I - b a aᵀ) is the general delta rule, solved by the chunked kernel
-  (runtime/kernels/delta.py).
+  (runtime/kernels/delta.py). With `grad_state call_start` every chunk's gradients are taken at
+  the state the call began with instead, so GD and momentum run all chunks at once (`_parallel`).
 * :class:`DeltaMemory` -- a matrix memory updated at every token (linear attention, DeltaNet,
   Gated DeltaNet), exactly, by the chunked delta-rule kernel.
 * :class:`GeneralMemory` -- anything else the language can say: a per-token loop within each
@@ -31,11 +32,15 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels.delta import delta_rule, delta_rule_step
 
 LOG_FLOOR = -80.0  # log of a gate that is (numerically) zero; exp(-80) underflows cleanly
+# grad_state call_start (DeepMemory._parallel): up to this many chunks per call, the chunk-start
+# states come from one batched product over all pairs of chunks; beyond, from a loop over chunks
+CLOSED_FORM_CHUNKS = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +226,32 @@ def _as_tokens(x, like: Tensor) -> Tensor:
     return torch.full(like.shape[:3], float(x), dtype=like.dtype, device=like.device)
 
 
+
+def momentum_weights(theta: Tensor, lg: Tensor, lb: Tensor):
+    """The closed form of n tokens of GD with momentum and retention (Titans Eqs. 9-10, 13, 16-18):
+
+        S_t = beta_t S_{t-1} - theta_t G_t,    M_t = gamma_t M_{t-1} + S_t
+
+    theta, lg = log gamma_t, lb = log beta_t: [..., n]. Returns the per-token weights w, u [..., n]
+    and the per-segment factors gam, c_s, b_n [...] with
+
+        M_n = gam M_0 + c_s S_0 - sum_s w_s G_s,    S_n = b_n S_0 - sum_s u_s G_s.
+    """
+    cum = torch.cumsum(lg, dim=-1)  # log Gamma_t
+    total = cum[..., -1:]  # log Gamma_n
+    cb = torch.cumsum(lb, dim=-1)  # log B_t
+    n = lg.shape[-1]
+    # R[r, s] = (Gamma_n / Gamma_r) (B_r / B_s) for s <= r: how much of token s's step
+    # reaches the end of the segment through the momentum and then the retention
+    log_r = (total[..., :, None] - cum[..., :, None]) + (cb[..., :, None] - cb[..., None, :])
+    tri = torch.ones(n, n, dtype=torch.bool, device=lg.device).tril()
+    r = torch.where(tri, torch.exp(torch.where(tri, log_r, torch.zeros_like(log_r))), torch.zeros_like(log_r))
+    w = theta * r.sum(dim=-2)  # weight of token s's gradient in M_n
+    c_s = torch.exp(total - cum + cb).sum(dim=-1)  # weight of S_0 in M_n
+    u = theta * torch.exp(cb[..., -1:] - cb)  # weight of token s's gradient in S_n
+    return w, u, torch.exp(total[..., 0]), c_s, torch.exp(cb[..., -1])
+
+
 def load_initial_weights(source: tuple, name: str, heads: int, dims: tuple[int, ...]) -> list[Tensor]:
     """`init checkpoint(path, key)`: a memory's initial weights from a safetensors file -- one
     tensor `key` for a single matrix, or `key.0`, `key.1`, ... per MLP layer, each [out, in]
@@ -311,6 +342,7 @@ class MemorySettings:
     init_from: tuple | None = None  # (safetensors path, key) for init "checkpoint"
     grad: str = "through"  # through | stop (stop-gradient writes)
     form: str = "auto"  # auto | state | dual: how plain GD keeps its chunk-start weights (DeepMemory._dual)
+    grad_state: str = "chunk_start"  # chunk_start | call_start: the state inner gradients are taken at
     name: str = "memory"
     extra: dict = field(default_factory=dict)
 
@@ -385,23 +417,29 @@ class DeepMemory(nn.Module):
         with the committed state, or the updated one for `read after` at period 1).
         """
         T = keys.shape[2]
-        if self._can_scan(state, T, flush):
+        if self.s.grad_state == "call_start":
+            if self._can_parallel(state, T):
+                return self._parallel(state, keys, target, lr, gate, beta, query, out_grad)
+        elif self._can_scan(state, T, flush):
             return self._scan(state, keys, target, lr, gate, beta, query, out_grad)
-        if self._can_dual(state, T):
+        elif self._can_dual(state, T):
             return self._dual(state, keys, target, lr, gate, query, out_grad)
+        # grad_state call_start: every gradient of the call at the state the call began with
+        W_call = state["W"]
         outs = []
         for s, e, completes in segments(T, self.s.period, state["offset"]):
             W = state["W"]
+            Wg = W if self.s.grad_state == "chunk_start" else W_call
             k = keys[:, :, s:e]
-            tgt = target(W, s, e) if callable(target) else target[:, :, s:e]
-            pred, layers, pres = mlp_layer_grads(self.s.shape, W, k, lambda p: out_grad(p, tgt, s, e))
+            tgt = target(Wg, s, e) if callable(target) else target[:, :, s:e]
+            pred, layers, pres = mlp_layer_grads(self.s.shape, Wg, k, lambda p: out_grad(p, tgt, s, e))
             if query is not None and self.s.read == "before":
                 # queries that are the keys (codegen passes one tensor) read what the inner forward computed
-                outs.append(pred if query is keys else self.apply(W, query[:, :, s:e]))
+                outs.append(pred if query is keys and Wg is W else self.apply(W, query[:, :, s:e]))
             if self.s.grad == "stop":
                 layers = [(a.detach(), d.detach()) for a, d in layers]
             state = self._advance(state, layers, _slice_time(lr, s, e), _slice_time(gate, s, e),
-                                  _slice_time(beta, s, e), pres=self._reusable(state, W, pres))
+                                  _slice_time(beta, s, e), pres=self._reusable(state, Wg, pres))
             state = _after_segment(state, e - s, self.s.period, completes, flush and e == T,
                                    self.recorder, self.s.name)
             if query is not None and self.s.read == "after":
@@ -454,6 +492,101 @@ class DeepMemory(nn.Module):
         final = self._advance(dict(state, M=list(w0)), list(zip(A, U)), 1.0, gate, None)["M"]
         out = torch.cat(outs, dim=2) if outs else None
         return out, dict(state, W=final, M=final, offset=0, pos=state["pos"] + T)
+
+    # -- gradients at the call's starting state: every chunk at once --
+    def _can_parallel(self, state: dict, T: int) -> bool:
+        """grad_state call_start with GD or momentum on whole chunks: nothing in the call depends on
+        a state the call computes except the reads, so no chunk waits for the one before."""
+        return self.s.optimizer in ("gd", "momentum") and self._whole_chunks(state, T)
+
+    def _parallel(self, state, keys, target, lr, gate, beta, query, out_grad):
+        r"""The chunk loop of `forward` for grad_state call_start, without a loop over chunks.
+
+        All T tokens' layer inputs a_t and errors delta_t come from one forward and backward of
+        the memory at the call's starting state. Each chunk j then contributes P_j = sum_s w_s
+        delta_s a_sᵀ (and Q_j = sum_s u_s delta_s a_sᵀ with momentum) with the in-chunk weights of
+        `momentum_weights`, all chunks in one batched product, and the chunk-start states follow
+        from the chunk-level recurrence in closed form,
+
+        .. math::
+
+            S_c = B_c S_0 - \sum_{j<c} (B_c / B_{j+1}) Q_j, \qquad
+            M_c = G_c M_0 + \sum_{j<c} (G_c / G_{j+1}) (\kappa_j S_j - P_j)
+
+        (G_c, B_c: products of the chunks' retention and momentum factors before chunk c;
+        kappa_j: the weight of S_j in chunk j's update), one more batched product (a loop over
+        the chunks' elementwise recurrence past CLOSED_FORM_CHUNKS chunks). Each chunk's queries
+        then read their own chunk-start state, all chunks at once."""
+        b, h, T = keys.shape[:3]
+        c = self.s.period
+        n = T // c
+        W0 = state["W"]
+        tgt = target(W0, 0, T) if callable(target) else target
+        _, layers, _ = mlp_layer_grads(self.s.shape, W0, keys, lambda p: out_grad(p, tgt, 0, T))
+        if self.s.grad == "stop":
+            layers = [(a.detach(), d.detach()) for a, d in layers]
+
+        def per_chunk(x):  # [B, H, T, ...] -> [B, H * N, C, ...]: each chunk a batch item
+            return x.reshape(b, h * n, c, *x.shape[3:])
+
+        a0 = layers[0][0]
+        theta, lg = per_chunk(_as_tokens(lr, a0)), per_chunk(_log_gate(gate, a0))
+        momentum = self.s.optimizer == "momentum" and beta is not None
+        if momentum:
+            lb = per_chunk(_log_gate(beta, a0))
+            w, u, _, kappa, _ = momentum_weights(theta, lg, lb)
+        else:  # plain GD with retention
+            cum = torch.cumsum(lg, dim=-1)
+            w = theta * torch.exp(cum[..., -1:] - cum)
+
+        def chunk_sums(weights, d, a):  # [B, H, N, out, in]
+            g = torch.einsum("bjn,bjne,bjnd->bjed", weights, per_chunk(d), per_chunk(a))
+            return g.reshape(b, h, n, *g.shape[2:])
+
+        def carry(log_f):
+            """[B,H,N+1,N]: the product of factors f_i for j < i < c, zero unless j < c; and
+            [B,H,N+1]: the product of f_i for i < c."""
+            ex = F.pad(torch.cumsum(log_f, dim=-1), (1, 0))  # log of the product before chunk c
+            below = torch.ones(n + 1, n, dtype=torch.bool, device=ex.device).tril(-1)
+            diff = ex[..., :, None] - ex[..., None, 1:]
+            coef = torch.where(below, torch.exp(torch.where(below, diff, torch.zeros_like(diff))),
+                               torch.zeros_like(diff))
+            return coef, torch.exp(ex)
+
+        def unroll(start, log_f, inputs):  # X_c = F_c X_0 + sum_{j<c} (F_c / F_{j+1}) inputs_j
+            if n > CLOSED_FORM_CHUNKS:  # the closed form costs N² states, the recurrence N
+                f = torch.exp(log_f)
+                xs = [start.expand(b, h, *start.shape[2:])]
+                for j in range(n):
+                    xs.append(f[:, :, j, None, None] * xs[-1] + inputs[:, :, j])
+                return torch.stack(xs, 2)
+            coef, f = carry(log_f)
+            return (f[..., None, None] * start[:, :, None]
+                    + torch.einsum("bhcj,bhjed->bhced", coef, inputs))
+
+        # the chunks' factors as logs, summed from the tokens' (finite where exp would underflow)
+        log_gam = lg.sum(-1).reshape(b, h, n)
+        M, S = [], []
+        for (a, d), m0 in zip(layers, state["M"]):
+            P = chunk_sums(w, d, a)
+            if momentum:
+                Q = chunk_sums(u, d, a)
+                s0 = state["S"][len(S)]
+                s_all = unroll(s0, lb.sum(-1).reshape(b, h, n), -Q)  # S_0 .. S_N
+                S.append(s_all)
+                P = kappa.reshape(b, h, n)[..., None, None] * s_all[:, :, :n] - P
+            else:
+                P = -P
+            M.append(unroll(m0, log_gam, P))  # M_0 .. M_N
+        new_state = dict(state, W=[m[:, :, n] for m in M], M=[m[:, :, n] for m in M],
+                         pos=state["pos"] + T)
+        if momentum:
+            new_state["S"] = [s[:, :, n] for s in S]
+        out = None
+        if query is not None:  # chunk j's queries read M_j
+            starts = [m[:, :, :n].reshape(b, h * n, *m.shape[3:]) for m in M]
+            out = self.apply(starts, per_chunk(query)).reshape(b, h, T, -1)
+        return out, new_state
 
     # -- the chunk loop as one traced body (torch.compile) --
     def _can_scan(self, state: dict, T: int, flush: bool) -> bool:
@@ -550,19 +683,7 @@ class DeepMemory(nn.Module):
         if opt == "dgd":
             return self._advance_dgd(state, layers, theta, gate, lg, cum, total, pres)
         if opt == "momentum" and beta is not None:
-            lb = _log_gate(beta, a0)
-            cb = torch.cumsum(lb, dim=-1)  # log B_t
-            n = a0.shape[2]
-            # R[r, s] = (Gamma_n / Gamma_r) (B_r / B_s) for s <= r: how much of token s's step
-            # reaches the end of the segment through the momentum and then the retention
-            log_r = (total[..., :, None] - cum[..., :, None]) + (cb[..., :, None] - cb[..., None, :])
-            tri = torch.ones(n, n, dtype=torch.bool, device=a0.device).tril()
-            r = torch.where(tri, torch.exp(torch.where(tri, log_r, torch.zeros_like(log_r))), torch.zeros_like(log_r))
-            w = theta * r.sum(dim=-2)  # [B,H,n]: weight of token s's gradient in M_n
-            c_s = torch.exp(total - cum + cb).sum(dim=-1)  # weight of S_0 in M_n
-            u = theta * torch.exp(cb[..., -1:] - cb)  # weight of token s's gradient in S_n
-            b_n = torch.exp(cb[..., -1])
-            gam = torch.exp(total[..., 0])
+            w, u, gam, c_s, b_n = momentum_weights(theta, lg, _log_gate(beta, a0))
             for (a, d), m, s0 in zip(layers, state["M"], state["S"]):
                 grad_w = torch.einsum("bhn,bhne,bhnd->bhed", w, d, a)
                 grad_u = torch.einsum("bhn,bhne,bhnd->bhed", u, d, a)

@@ -63,6 +63,8 @@ def settings_ctor(b: BoxInfo, plan: BoxPlan) -> str:
         parts.append(f"init_from={checkpoint_source(b)!r}")
     if b.grad != "through":
         parts.append(f"grad={b.grad!r}")
+    if b.grad_state != "chunk_start":
+        parts.append(f"grad_state={b.grad_state!r}")
     if opt == "dgd" and _kw_literal(args.get("momentum"), 0) not in (0, 0.0):
         parts.append("extra={'dgd_momentum': True}")
     return "mem.MemorySettings(" + ", ".join(parts) + ")"

@@ -182,3 +182,43 @@ def _autograd_leaves(out: torch.Tensor) -> list[torch.Tensor]:
             leaves.append(node.variable)
         stack.extend(n for n, _ in node.next_functions)
     return leaves
+
+
+CALL_START = """spec call_start "Titans LMM with every gradient at the call's starting state"
+use titans
+block layer {
+    box mem : memory like lmm {
+        grad_state call_start
+    }
+    x = x + mem(rmsnorm(x))
+}
+model {
+    dim d_model
+    repeat 2 { layer }
+}
+"""
+
+
+def test_call_start_memories_compile_to_one_graph_with_eager_gradients(tmp_path):
+    """`grad_state call_start` (DeepMemory._parallel: every chunk at once, no chunk loop) traces
+    as one graph with no breaks, and its compiled loss and outer gradients equal eager ones."""
+    spec = tmp_path / "call_start.nest"
+    spec.write_text(CALL_START)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nestc.compile(spec, {"d_model": "32", "heads": "2", "chunk": "4"}).model()
+    x = torch.randint(0, 256, (2, 16))
+    y = torch.randint(0, 256, (2, 16))
+    ex = torch._dynamo.explain(lambda a, b: forward_loss(model, a, b, {}))(x, y)
+    assert ex.graph_break_count == 0, [str(r.reason) for r in ex.break_reasons]
+    assert ex.graph_count == 1
+    params = list(model.parameters())
+    eager_loss = forward_loss(model, x, y, {})
+    eager = torch.autograd.grad(eager_loss, params)
+    fn = torch.compile(lambda a, b: forward_loss(model, a, b, {}), fullgraph=True)
+    compiled_loss = fn(x, y)
+    compiled = torch.autograd.grad(compiled_loss, params)
+    assert torch.allclose(eager_loss, compiled_loss, rtol=1e-5, atol=1e-6)
+    for (pname, _), a, b in zip(model.named_parameters(), eager, compiled):
+        scale = a.abs().max().item()
+        assert scale > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale), pname

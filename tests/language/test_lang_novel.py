@@ -259,3 +259,36 @@ def test_dgd_momentum_is_refused_not_ignored():
     text = str(err.value)
     assert "dgd(momentum=...)` is not implemented" in text and "hope.nest" in text
     package.compile("hope", {"momentum": "0"})  # the equations as printed
+
+
+CALL_START_DGD = """\
+spec dgd_call_start "a DGD memory asked for gradients at the call's start"
+use titans
+block layer {
+    box mem : memory like lmm {
+        optimizer dgd
+        grad_state call_start
+    }
+    x = x + mem(x)
+}
+model {
+    dim d_model
+    repeat 1 { layer }
+}
+"""
+
+
+def test_grad_state_call_start_is_refused_where_no_rule_implements_it():
+    """DGD's update reads the state it changes, so gradients at the call's start have no lowering:
+    a compile-time error at the `grad_state` line, not a silently ignored setting. A word that is
+    not a grad_state is an error at the word."""
+    diags = diagnose(CALL_START_DGD)
+    assert len(diags) == 1
+    d = diags[0]
+    assert (d.pos.line, d.pos.col) == (6, 9)
+    assert "`grad_state call_start` needs" in d.message and "optimizer dgd" in d.message
+    diags = diagnose(CALL_START_DGD.replace("        optimizer dgd\n", "").replace("call_start\n", "call\n"))
+    assert [(d.pos.line, d.pos.col) for d in diags] == [(5, 20)]
+    assert "`grad_state` must be chunk_start or call_start, got 'call'" in diags[0].message
+    # the same box with momentum (from lmm) checks clean
+    assert diagnose(CALL_START_DGD.replace("        optimizer dgd\n", "")) == []
