@@ -7,6 +7,8 @@ Rows, each eager and torch.compile'd:
 
 * Titans: one LMM layer (benchmarks/specs/titans_layer.nest) at each of the harness's Titans
   configs; the timed region matches the peer's: a fresh memory state, forward, out.sum().backward().
+  Gradients at each chunk's start state (Titans Eq. 16), eager and compiled, and compiled with
+  `grad_state call_start` (every chunk at the call's starting state, as the peer takes them).
 * Hope: the built-in hope spec at the harness's micro size (dim, layers, heads, batch, sequence
   from ctx.hope_model), self-modifying memories at chunks 8 (k, v, eta, alpha) and 64 (memory);
   the timed region is a full training step: the local-surprise first pass, the real pass,
@@ -45,10 +47,13 @@ MODES = [m for m in os.environ.get("NESTC_BENCH_MODES", "eager,compiled").split(
 def titans_rows(ctx: BenchContext) -> list[BenchRow]:
     rows = []
     warmup, iters = ctx.steps(3, 10)
+    variants = [(mode, "chunk_start") for mode in MODES]
+    if "compiled" in MODES:  # the peer's gradient state, compiled only
+        variants.append(("compiled", "call_start"))
     for cfg in ctx.titans_configs:
-        overrides = {"d_model": str(cfg["dim"]), "heads": str(cfg["heads"]),
-                     "chunk": str(cfg["chunk_size"])}
-        for mode in MODES:
+        for mode, grad_at in variants:
+            overrides = {"d_model": str(cfg["dim"]), "heads": str(cfg["heads"]),
+                         "chunk": str(cfg["chunk_size"]), "grad_at": f'"{grad_at}"'}
             torch.manual_seed(ctx.seed)
             compiled = nestc.compile(HERE / "specs" / "titans_layer.nest", overrides)
             layer = compiled.model().layers[0]
@@ -66,12 +71,15 @@ def titans_rows(ctx: BenchContext) -> list[BenchRow]:
                 layer.zero_grad(set_to_none=True)
                 fn(x).sum().backward()
 
+            label = mode if grad_at == "chunk_start" else f"{mode} call_start"
             rows.append(BenchRow(
-                anchor="nestc", name=f"nestc LMM layer {mode} B{cfg['batch']} T{cfg['seq_len']} d{cfg['dim']}",
+                anchor="nestc", name=f"nestc LMM layer {label} B{cfg['batch']} T{cfg['seq_len']} d{cfg['dim']}",
                 tokens_per_step=cfg["batch"] * cfg["seq_len"], step=step, params=count_params(layer),
                 config={**cfg, "spec": "benchmarks/specs/titans_layer.nest", "overrides": overrides,
                         "mode": mode, "memory": "per head: 2-layer residual MLP, expansion 4 (gelu)",
                         "inner": "GD with momentum and decay, per-token lr/momentum/decay per head",
+                        "grad_state": grad_at + (" (Titans Eq. 16)" if grad_at == "chunk_start" else
+                                                 " (every chunk at the call's starting state, as the peer)"),
                         "dtype": "float32"},
                 measured="fresh memory state; layer forward (norm, projections, chunked memory "
                          "updates and reads, merge); out.sum().backward(). No optimizer step.",
