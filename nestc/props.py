@@ -71,7 +71,8 @@ BOX_PROPS: dict[str, PropInfo] = {p.name: p for p in [
        "chunk_start (default, Titans Eq. 16: each chunk at the state the chunks before it left) "
        "or call_start (every chunk of a call at the state the call began with, while the state "
        "still advances chunk by chunk for reads: titans-pytorch's NeuralMemory with its default "
-       "batch_size=None; no chunk waits for another)", "grad_state call_start"),
+       "batch_size=None; no chunk waits for another, and the result depends on where a stream "
+       "is cut into calls)", "grad_state call_start"),
     _p("window", "attention", "sliding-window size in tokens (0 = global)", "window 512"),
     _p("persistent", "attention", "number of persistent (learnable, input-independent) memory "
        "tokens prepended to keys and values (Titans Eq. 19)", "persistent 4"),
