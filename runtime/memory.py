@@ -226,6 +226,12 @@ def _as_tokens(x, like: Tensor) -> Tensor:
     return torch.full(like.shape[:3], float(x), dtype=like.dtype, device=like.device)
 
 
+def _masked_exp(log: Tensor, mask: Tensor) -> Tensor:
+    """exp(log) where `mask`, zero elsewhere; the masked-out logs never reach exp (they may be
+    large positive differences that overflow, and their gradient would be inf * 0)."""
+    zeros = torch.zeros_like(log)
+    return torch.where(mask, torch.exp(torch.where(mask, log, zeros)), zeros)
+
 
 def momentum_weights(theta: Tensor, lg: Tensor, lb: Tensor):
     """The closed form of n tokens of GD with momentum and retention (Titans Eqs. 9-10, 13, 16-18):
@@ -245,7 +251,7 @@ def momentum_weights(theta: Tensor, lg: Tensor, lb: Tensor):
     # reaches the end of the segment through the momentum and then the retention
     log_r = (total[..., :, None] - cum[..., :, None]) + (cb[..., :, None] - cb[..., None, :])
     tri = torch.ones(n, n, dtype=torch.bool, device=lg.device).tril()
-    r = torch.where(tri, torch.exp(torch.where(tri, log_r, torch.zeros_like(log_r))), torch.zeros_like(log_r))
+    r = _masked_exp(log_r, tri)
     w = theta * r.sum(dim=-2)  # weight of token s's gradient in M_n
     c_s = torch.exp(total - cum + cb).sum(dim=-1)  # weight of S_0 in M_n
     u = theta * torch.exp(cb[..., -1:] - cb)  # weight of token s's gradient in S_n
@@ -424,7 +430,8 @@ class DeepMemory(nn.Module):
             return self._scan(state, keys, target, lr, gate, beta, query, out_grad)
         elif self._can_dual(state, T):
             return self._dual(state, keys, target, lr, gate, query, out_grad)
-        # grad_state call_start: every gradient of the call at the state the call began with
+        # (the scan and the dual form take gradients at each chunk's start, so call_start skips
+        # them) grad_state call_start: every gradient of the call at the state the call began with
         W_call = state["W"]
         outs = []
         for s, e, completes in segments(T, self.s.period, state["offset"]):
@@ -548,10 +555,7 @@ class DeepMemory(nn.Module):
             [B,H,N+1]: the product of f_i for i < c."""
             ex = F.pad(torch.cumsum(log_f, dim=-1), (1, 0))  # log of the product before chunk c
             below = torch.ones(n + 1, n, dtype=torch.bool, device=ex.device).tril(-1)
-            diff = ex[..., :, None] - ex[..., None, 1:]
-            coef = torch.where(below, torch.exp(torch.where(below, diff, torch.zeros_like(diff))),
-                               torch.zeros_like(diff))
-            return coef, torch.exp(ex)
+            return _masked_exp(ex[..., :, None] - ex[..., None, 1:], below), torch.exp(ex)
 
         def unroll(start, log_f, inputs):  # X_c = F_c X_0 + sum_{j<c} (F_c / F_{j+1}) inputs_j
             if n > CLOSED_FORM_CHUNKS:  # the closed form costs N² states, the recurrence N
@@ -567,19 +571,18 @@ class DeepMemory(nn.Module):
         # the chunks' factors as logs, summed from the tokens' (finite where exp would underflow)
         log_gam = lg.sum(-1).reshape(b, h, n)
         M, S = [], []
-        for (a, d), m0 in zip(layers, state["M"]):
+        for i, ((a, d), m0) in enumerate(zip(layers, state["M"])):
             P = chunk_sums(w, d, a)
             if momentum:
                 Q = chunk_sums(u, d, a)
-                s0 = state["S"][len(S)]
-                s_all = unroll(s0, lb.sum(-1).reshape(b, h, n), -Q)  # S_0 .. S_N
+                s_all = unroll(state["S"][i], lb.sum(-1).reshape(b, h, n), -Q)  # S_0 .. S_N
                 S.append(s_all)
                 P = kappa.reshape(b, h, n)[..., None, None] * s_all[:, :, :n] - P
             else:
                 P = -P
             M.append(unroll(m0, log_gam, P))  # M_0 .. M_N
-        new_state = dict(state, W=[m[:, :, n] for m in M], M=[m[:, :, n] for m in M],
-                         pos=state["pos"] + T)
+        final = [m[:, :, n] for m in M]
+        new_state = dict(state, W=final, M=final, pos=state["pos"] + T)
         if momentum:
             new_state["S"] = [s[:, :, n] for s in S]
         out = None

@@ -29,6 +29,30 @@ SHRINK = {
 MODEL_SPECS = sorted(SHRINK)  # tests/compile checks that this is every built-in model spec
 
 
+# Titans' memory with every inner gradient at the call's starting state (`grad_state call_start`),
+# written as a user would: a new spec over the built-in lmm box
+CALL_START_SPEC = """spec call_start "Titans LMM with every gradient at the call's starting state"
+use titans
+block layer {
+    box mem : memory like lmm {
+        grad_state call_start
+    }
+    x = x + mem(rmsnorm(x))
+}
+model {
+    dim d_model
+    repeat n_layers { layer }
+}
+"""
+
+
+def call_start(tmp_path, overrides: dict[str, str]):
+    """CALL_START_SPEC written to tmp_path and compiled with `overrides`."""
+    spec = tmp_path / "call_start.nest"
+    spec.write_text(CALL_START_SPEC)
+    return nestc.compile(spec, overrides)
+
+
 def small(name: str):
     """The compiled spec `name`, shrunk."""
     return nestc.compile(name, {**SMALL, **SHRINK[name]})

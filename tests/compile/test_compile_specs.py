@@ -12,7 +12,7 @@ import nestc
 from nestc.loader import builtin_names
 from nestc.runtime.train import forward_loss, frozen, make_loss_fns, probe_loss, signals
 
-from small_models import MODEL_SPECS, small
+from small_models import MODEL_SPECS, call_start, small
 
 
 def test_every_model_spec_is_covered():
@@ -184,29 +184,12 @@ def _autograd_leaves(out: torch.Tensor) -> list[torch.Tensor]:
     return leaves
 
 
-CALL_START = """spec call_start "Titans LMM with every gradient at the call's starting state"
-use titans
-block layer {
-    box mem : memory like lmm {
-        grad_state call_start
-    }
-    x = x + mem(rmsnorm(x))
-}
-model {
-    dim d_model
-    repeat 2 { layer }
-}
-"""
-
-
 def test_call_start_memories_compile_to_one_graph_with_eager_gradients(tmp_path):
     """`grad_state call_start` (DeepMemory._parallel: every chunk at once, no chunk loop) traces
     as one graph with no breaks, and its compiled loss and outer gradients equal eager ones."""
-    spec = tmp_path / "call_start.nest"
-    spec.write_text(CALL_START)
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = nestc.compile(spec, {"d_model": "32", "heads": "2", "chunk": "4"}).model()
+    model = call_start(tmp_path, {"n_layers": "2", "d_model": "32", "heads": "2", "chunk": "4"}).model()
     x = torch.randint(0, 256, (2, 16))
     y = torch.randint(0, 256, (2, 16))
     ex = torch._dynamo.explain(lambda a, b: forward_loss(model, a, b, {}))(x, y)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import nestc
+from small_models import call_start
 
 
 def mlp(ws, x, residual=True):
@@ -69,21 +70,6 @@ def test_titans_memory_matches_reference(chunk, t):
         assert (a - c).abs().max().item() <= 1e-9
 
 
-CALL_START = """spec call_start "Titans LMM with every gradient at the call's starting state"
-use titans
-block layer {
-    box mem : memory like lmm {
-        grad_state call_start
-    }
-    x = x + mem(x)
-}
-model {
-    dim d_model
-    repeat 1 { layer }
-}
-"""
-
-
 @pytest.mark.parametrize("chunk,t", [(4, 16), (4, 13), (8, 32), (1, 6), (1, 20)])
 def test_call_start_gradients_match_reference(chunk, t, tmp_path):
     """`grad_state call_start` against the token-by-token reference with gradients at w0: whole
@@ -92,10 +78,8 @@ def test_call_start_gradients_match_reference(chunk, t, tmp_path):
     chunk loop. Reads, M, S, and meta-gradients of the initial state
     and of the keys and gates."""
     torch.manual_seed(0)
-    spec = tmp_path / "call_start.nest"
-    spec.write_text(CALL_START)
-    overrides = {"d_model": "16", "heads": "2", "chunk": str(chunk)}
-    box = nestc.compile(spec, overrides).model().layers[0].box_mem.double()
+    overrides = {"n_layers": "1", "d_model": "16", "heads": "2", "chunk": str(chunk)}
+    box = call_start(tmp_path, overrides).model().layers[0].box_mem.double()
     assert box.s.grad_state == "call_start"
     b, h, d = 2, 2, 8
     leaf = lambda *s: torch.randn(*s, dtype=torch.float64).requires_grad_()  # noqa: E731
