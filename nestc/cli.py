@@ -270,8 +270,9 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
                                             "loss so far (causal: exact, slower)"),
           compile_: bool = typer.Option(False, "--compile", help="torch.compile the step"),
           loops: Optional[str] = typer.Option(None, "--loops", help="with --compile, how chunk loops "
-                                              "trace: unroll (default: faster steps), region (shorter "
-                                              "compile) or scan (see nestc bench)"),
+                                              "trace: unroll (default: one graph per layer), call "
+                                              "(each chunk a call of one compiled body: much "
+                                              "shorter compile), region or scan (see nestc bench)"),
           seed: Optional[int] = typer.Option(None, help="random seed"),
           device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
           precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
@@ -355,8 +356,9 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
           threads: int = typer.Option(2, help="torch threads"),
           no_compile: bool = typer.Option(False, "--no-compile", help="eager only"),
           loops: str = typer.Option("unroll", help="how the compiled step traces chunk loops: "
-                                    "unroll (longer compile, faster steps), scan (body traced once) or "
-                                    "region (unrolled calls of one compiled region)"),
+                                    "unroll (one graph per layer, longer compile), call (the loop between "
+                                    "graphs, each chunk a call of one compiled body), scan (body traced "
+                                    "once) or region (unrolled calls of one compiled region)"),
           json_out: Optional[Path] = typer.Option(None, "--json", help="also write the results here"),
           device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
           precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),

@@ -69,20 +69,31 @@ def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int
 
 # How torch.compile traces a chunk loop: "unroll" (one copy of the body per chunk: long compiles,
 # the fastest steps), "scan" (the body traced once: compiles several times faster, but on CPU
-# inductor runs the scan slower than eager) or "region" (unrolled, each chunk a call of one
+# inductor runs the scan slower than eager), "region" (unrolled, each chunk a call of one
 # reusable compiled region, `_region_loop`: for Hope 40% less compile time than "unroll", steps
-# about 10% slower).
+# about 10% slower) or "call" (`_call_loop`: the loop itself runs outside the graph, each chunk
+# a call of the body compiled on its own, once for every chunk, layer and step; the code around
+# the loop compiles as the graphs before and after it, so the step has a graph break at each
+# such loop, by design: for Hope a third of "unroll"'s compile time, steps about 45% slower).
 # `nestc bench SPEC --loops MODE` measures them; the README reports them for Hope. Set by
 # make_loss_fns.
-LOOP_MODES = ("unroll", "scan", "region")
+LOOP_MODES = ("unroll", "scan", "region", "call")
 _loop_mode = "unroll"
+_COMPILED_BODIES: dict = {}  # (block class, method name) -> the compiled loop body
+_body_options: dict = {}  # torch.compile options of loop mode "call"'s bodies
 
 
-def set_loop_mode(mode: str) -> None:
-    global _loop_mode
+def set_loop_mode(mode: str, compile_options: dict | None = None) -> None:
+    """`compile_options`: what loop mode "call" compiles its bodies with (torch.compile keywords;
+    fullgraph and static shapes unless they say otherwise)."""
+    global _loop_mode, _body_options
     if mode not in LOOP_MODES:
         raise ValueError(f"loop mode must be one of {LOOP_MODES}, got {mode!r}")
     _loop_mode = mode
+    options = {"fullgraph": True, "dynamic": False, **(compile_options or {})}
+    if options != _body_options:
+        _COMPILED_BODIES.clear()
+        _body_options = options
 
 
 def loop_mode() -> str:
@@ -97,9 +108,10 @@ def chunk_loop(body, state: dict, inputs: dict, period: int, anchor: str, carrie
 
     Under torch.compile in loop mode "scan", a stream of whole chunks from a chunk boundary runs
     as a scan, so the body is traced once rather than once per chunk; in loop mode "region" as
-    calls of one compiled region. `scannable` (decided by the code generator) says that every
-    memory of the loop commits at each piece and the carried state keeps its shapes (the code
-    generator then makes the body a method of the block); eager runs always take the plain loop.
+    calls of one compiled region; in loop mode "call" as calls of the body compiled on its own.
+    `scannable` (decided by the code generator) says that every memory of the loop commits at
+    each piece and the carried state keeps its shapes (the code generator then makes the body a
+    method of the block); eager runs always take the plain loop.
     `outputs`: the names of the streams the body returns."""
     from .memory import segments
 
@@ -111,6 +123,8 @@ def chunk_loop(body, state: dict, inputs: dict, period: int, anchor: str, carrie
             return _scan_loop(body, state, inputs, period, carried)
         if _loop_mode == "region":
             return _region_loop(body, state, inputs, period, carried, outputs)
+        if _loop_mode == "call":
+            return _call_loop(body, state, inputs, period, carried, outputs)
     parts: dict[str, list] = {}
     for s, e, _ in segments(t, period, offset):
         state, out = body(state, {k: v[:, s:e] for k, v in inputs.items()}, flush and e == t)
@@ -182,6 +196,85 @@ def _region_loop(body, state: dict, inputs: dict, period: int, carried: list[str
             parts[k].append(next(it) * 1.0)
     new_state = _moved_on(dict(state, **carry), state, carried, t)
     return new_state, {k: torch.cat(v, dim=1) for k, v in parts.items()}
+
+
+@torch.compiler.disable
+def _call_loop(body, state: dict, inputs: dict, period: int, carried: list[str], outputs: tuple[str, ...]):
+    """The chunk loop run eagerly in the middle of a compiled step (dynamo breaks the graph at
+    this call), each chunk one call of the body compiled by itself (`compiled_body`). The body
+    is traced and compiled once, not once per chunk, and the same compiled code serves every
+    layer of its class and every later step; the code before and after the loop compiles as
+    graphs of their own. As in `_region_loop`, every call sees the loop's starting positions
+    (whole chunks from a chunk boundary; positions are fixed up once at the end), so no chunk
+    differs from another in anything the compiled body is specialised on."""
+    from torch.utils import _pytree as pytree
+
+    t = next(iter(inputs.values())).shape[1]
+    leaves, spec = pytree.tree_flatten({k: state[k] for k in carried})
+    is_tensor = [torch.is_tensor(x) for x in leaves]
+    # The first chunk gets its carried tensors as every later chunk will: contiguous (what the
+    # compiled body returns; the initial state is often broadcast) and requiring grad when the
+    # chunk's outputs will (a conv's zero state does not, the state after one chunk does), or
+    # it would compile a body of its own. Tensors that are one tensor (a memory's W and M
+    # between chunks) stay one.
+    owner = body.__self__
+    grads = torch.is_grad_enabled() and any(
+        x.requires_grad for x in [*leaves, *inputs.values(), *owner.parameters()] if torch.is_tensor(x))
+    fresh: dict[int, Tensor] = {}
+    leaves = [fresh.setdefault(id(x), _as_carried(x, grads)) if is_t else x for x, is_t in zip(leaves, is_tensor)]
+    run = compiled_body(type(owner), body.__name__)
+    carry = pytree.tree_unflatten(leaves, spec)
+    parts: dict[str, list] = {k: [] for k in outputs}
+    for i in range(t // period):
+        piece = {k: v[:, i * period:(i + 1) * period] for k, v in inputs.items()}
+        distinct, which, out = run(owner, body.__name__, dict(state, **carry), piece, tuple(carried))
+        it = iter([distinct[j] for j in which])
+        carry = pytree.tree_unflatten([next(it) if is_t else x for x, is_t in zip(leaves, is_tensor)], spec)
+        for k in outputs:
+            parts[k].append(out[k])
+    new_state = _moved_on(dict(state, **carry), state, carried, t)
+    return new_state, {k: torch.cat(v, dim=1) for k, v in parts.items()}
+
+
+def _as_carried(x: Tensor, grads: bool) -> Tensor:
+    x = x.contiguous()
+    if grads and not x.requires_grad and x.is_floating_point():
+        x = x.detach().requires_grad_()  # a leaf of its own: nothing upstream to reach
+    return x
+
+
+def _call_body(owner, name: str, state: dict, piece: dict, carried: tuple):
+    """One chunk of `_call_loop`: the carried state's distinct tensors, contiguous (so every chunk
+    passes the next one the layout the first one got), which of them each carried tensor is
+    (a compiled function does not return one tensor twice as one object, and a memory tells
+    its committed state by `W is M`), and the body's outputs."""
+    from torch.utils import _pytree as pytree
+
+    st, out = getattr(owner, name)(state, piece, False)
+    distinct: list[Tensor] = []
+    which = []
+    for x in pytree.tree_leaves({k: st[k] for k in carried}):
+        if torch.is_tensor(x):
+            j = next((i for i, y in enumerate(distinct) if y is x), len(distinct))
+            if j == len(distinct):
+                distinct.append(x)
+            which.append(j)
+    return [x.contiguous() for x in distinct], tuple(which), out
+
+
+def compiled_body(owner: type, name: str):
+    """`_call_body` compiled (with the options `set_loop_mode` was given) for one block class and
+    loop method. The block's parameters are graph inputs, so every layer of the class shares
+    it. Each (class, method) gets a code object of its own: dynamo keeps its compiled variants
+    (and its limit on them) per code object, and one loop's variants should not use up another's."""
+    import types
+
+    key = (owner, name)
+    if key not in _COMPILED_BODIES:
+        code = _call_body.__code__.replace(co_name=f"{owner.__name__}_{name}")
+        fn = types.FunctionType(code, _call_body.__globals__, code.co_name)
+        _COMPILED_BODIES[key] = torch.compile(fn, **_body_options)
+    return _COMPILED_BODIES[key]
 
 
 def _moved_on(new_state: dict, state: dict, carried: list[str], t: int) -> dict:

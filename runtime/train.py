@@ -213,7 +213,8 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     layer module as an argument: all layers of one class share a single graph (their parameters
     are the graph's inputs), so compile time is that of one layer, not of the whole stack. The
     first pass and the real pass are separate compiled functions, so neither recompiles.
-    `loops` picks how chunk loops trace ("unroll" or "scan", see nestc.runtime.ops)."""
+    `loops` picks how chunk loops trace (nestc.runtime.ops.LOOP_MODES); in mode "call" each chunk
+    loop runs between two graphs of the layer, its body compiled by itself."""
     if not compile:
         def eager_probe(x, y, probes, mask=None):
             with frozen(model):
@@ -224,10 +225,10 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     from .ops import set_loop_mode
 
     prepare_inductor()  # compile time only: the generated code is the same (runtime/inductor_setup.py)
-    set_loop_mode(loops)
     # static shapes: a new shape gets its own graph. Symbolic shapes over the unrolled chunk
     # loops send sympy into a search of tens of minutes (seen with a second Titans layer size).
     compile_kw.setdefault("dynamic", False)
+    set_loop_mode(loops, compile_kw)
     run_main = _compiled_layer(probing=False, **compile_kw)
     run_probe = _compiled_layer(probing=True, **compile_kw)
     head = torch.compile(_head_loss, fullgraph=True, **compile_kw)  # a graph per pass (frozen or not)
@@ -247,7 +248,10 @@ def _compiled_layer(probing: bool, **compile_kw):
         out, _ = layer(h, layer.initial_state(h.shape[0]), Ctx(probing=probing, lss=signals_))
         return out
 
-    return torch.compile(run, fullgraph=True, **compile_kw)
+    from .ops import loop_mode
+
+    # loop mode "call" runs chunk loops between graphs (a graph break at each, nestc.runtime.ops)
+    return torch.compile(run, fullgraph=loop_mode() != "call", **compile_kw)
 
 
 def _layers(model: nn.Module, run: Callable, h: Tensor, lss: dict[str, Tensor]) -> Tensor:

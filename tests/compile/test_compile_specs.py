@@ -54,6 +54,24 @@ def test_hope_in_region_mode_traces_one_graph_of_region_calls(request):
     assert "invoke_subgraph" in ex.graphs[0].code
 
 
+def test_hope_in_call_mode_breaks_the_graph_only_at_its_chunk_loops(request):
+    """Loop mode "call": the step's only graph breaks are the chunk loops, run between the
+    layer's graphs as calls of a body compiled by itself (the small Hope's one loop: its
+    self-modifying memories)."""
+    from nestc.runtime.ops import set_loop_mode
+
+    set_loop_mode("call", {"backend": "eager"})
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
+    torch._dynamo.reset()
+    model = small("hope").model()
+    x = torch.randint(0, 256, (2, 16))
+    lss = {k: torch.zeros(2, 16, w) for k, w in model.lss_sites()}
+    ex = torch._dynamo.explain(lambda a, b, s: forward_loss(model, a, b, s))(x, x, lss)
+    reasons = [str(r.reason) for r in ex.break_reasons]
+    # dynamo counts the break once in each frame it passes through (model, layer, block, loop)
+    assert ex.graph_break_count > 0 and all("_call_loop" in r for r in reasons), reasons
+
+
 @pytest.mark.parametrize("name", sorted(n for n in builtin_names() if not nestc.compile(n).program.layers))
 def test_optimizer_step_variants_have_no_graph_breaks(name):
     torch._dynamo.reset()
@@ -74,11 +92,12 @@ def test_optimizer_step_variants_have_no_graph_breaks(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,loops", [("titans", "unroll"), ("hope", "unroll"), ("titans", "scan"),
-                                        ("hope", "scan"), ("hope", "region")])
+                                        ("hope", "scan"), ("hope", "region"), ("hope", "call")])
 def test_compiled_meta_gradients_equal_eager(name, loops, request):
     """Outer gradients through the inner updates (the meta-learned initial states and every
     projection) agree between the compiled step and eager execution, with chunk loops unrolled,
-    traced as scans, or run as calls of one compiled region."""
+    traced as scans, run as calls of one compiled region, or run between graphs as calls of a
+    body compiled by itself."""
     from nestc.runtime.ops import set_loop_mode
 
     set_loop_mode(loops)
@@ -90,7 +109,7 @@ def test_compiled_meta_gradients_equal_eager(name, loops, request):
     y = torch.randint(0, 256, (2, 16))
     lss = {k: torch.randn(2, 16, w) * 1e-2 for k, w in model.lss_sites()}
     eager = torch.autograd.grad(forward_loss(model, x, y, lss), list(model.parameters()), allow_unused=True)
-    fn = torch.compile(lambda a, b, s: forward_loss(model, a, b, s), fullgraph=True)
+    fn = torch.compile(lambda a, b, s: forward_loss(model, a, b, s), fullgraph=loops != "call")
     compiled = torch.autograd.grad(fn(x, y, lss), list(model.parameters()), allow_unused=True)
     inits = 0
     for (pname, _), a, b in zip(model.named_parameters(), eager, compiled):

@@ -221,3 +221,87 @@ def test_regions_trace_few_backwards(region_mode, monkeypatch):
     (y.square().sum() + xo.sum()).backward()
     assert variants, "no region backward was traced"
     assert max(suffix for _, suffix in variants) <= 1, variants
+
+
+# -- loop mode "call": the loop between two graphs, each chunk a call of one compiled body --
+
+
+def _call_mode(backend):
+    R.set_loop_mode("call", {"backend": backend})
+
+
+@pytest.fixture
+def call_mode(request):
+    request.addfinalizer(lambda: R.set_loop_mode("unroll"))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_calls_equal_the_plain_loop_forward_and_backward(call_mode, backend):
+    torch.manual_seed(0)
+    d, period = 8, 4
+    x = torch.randn(2, 16, d, requires_grad=True)
+    weight = torch.randn(d, 4, requires_grad=True)
+    decay = torch.tensor(0.9, requires_grad=True)
+    ref_y, ref_x, ref_state = _run(x, weight, decay, period, scannable=False)
+    ref_grads = torch.autograd.grad((ref_y.square().sum() + ref_x.sum() + ref_state["mem"]["W"].sum()),
+                                    [x, weight, decay])
+
+    torch._dynamo.reset()
+    _call_mode(backend)
+    block = _Block(weight, decay)
+    fn = torch.compile(lambda a: _run_region(a, block, period), backend=backend)  # breaks at the loop
+    y, xo, state = fn(x)
+    grads = torch.autograd.grad(y.square().sum() + xo.sum() + state["mem"]["W"].sum(), [x, weight, decay])
+
+    torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xo, ref_x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state["mem"]["W"], ref_state["mem"]["W"], rtol=1e-5, atol=1e-5)
+    assert state["mem"]["M"] is state["mem"]["W"]  # one tensor, as the plain loop leaves it
+    torch.testing.assert_close(state["conv"], ref_state["conv"])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert state["mem"]["pos"] == ref_state["mem"]["pos"] == 16 and state["mem"]["offset"] == 0
+    assert state["other"] == {"pos": 7}
+
+
+def test_calls_compile_the_body_once_for_every_chunk_and_block(call_mode):
+    """Eight chunks, two blocks of one class, two calls: the body is traced once. Its first
+    chunk gets the broadcast initial state and a conv state that needs no gradient, and would
+    compile a body of its own unless the loop gives it the layout and requires_grad of the
+    others. The graphs around the loop are the caller's, not the body's."""
+    torch._dynamo.reset()
+    d = 8
+    bodies = []
+
+    def backend(gm, inputs):
+        if "tanh" in gm.code:
+            bodies.append(gm)
+        return gm.forward
+
+    _call_mode(backend)
+    blocks = [_Block(torch.nn.Parameter(torch.randn(d, 4)), 0.9) for _ in range(2)]
+    fn = torch.compile(lambda a, blk: _run_region(a, blk, 4), backend="eager")
+    for _ in range(2):
+        for block in blocks:
+            y, _, _ = fn(torch.randn(2, 32, d), block)
+            y.sum().backward()
+    assert len(bodies) == 1
+    assert bodies[0].code.count("torch.tanh(") == 1  # one chunk's body
+
+
+def test_eager_runs_ignore_call_mode(call_mode):
+    """Outside torch.compile the loop is the plain loop whatever the mode (nothing compiles)."""
+    seen = []
+
+    def backend(gm, inputs):
+        seen.append(gm)
+        return gm.forward
+
+    _call_mode(backend)
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8)
+    block = _Block(torch.randn(8, 4), 0.9)
+    y, _, _ = _run_region(x, block, 4)
+    ref_y, _, _ = _run(x, block.weight, block.decay, 4, scannable=False)
+    torch.testing.assert_close(y, ref_y)
+    assert seen == []

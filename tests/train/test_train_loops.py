@@ -1,5 +1,5 @@
-"""`nestc train --compile --loops MODE`: a compiled run whose chunk loops are compiled regions
-follows the eager run (same data, same seed) and records the mode; a mode nestc does not know,
+"""`nestc train --compile --loops MODE`: a compiled run whose chunk loops are compiled regions,
+or calls of a body compiled by itself, follows the eager run (same data, same seed) and records the mode; a mode nestc does not know,
 or --loops without --compile, is a one-screen error (exit 2) before anything is built."""
 
 from __future__ import annotations
@@ -24,17 +24,18 @@ def losses(run_dir, **kw) -> list[float]:
 
 
 @pytest.mark.slow
-def test_a_compiled_run_with_regions_follows_the_eager_run(tmp_path):
+@pytest.mark.parametrize("mode", ["region", "call"])
+def test_a_compiled_run_with_regions_or_calls_follows_the_eager_run(tmp_path, mode):
     try:
         eager = losses(tmp_path / "eager")
-        regions = losses(tmp_path / "region", compile=True, loops="region")
-        assert loop_mode() == "region"  # the trainer really asked for regions
+        compiled = losses(tmp_path / mode, compile=True, loops=mode)
+        assert loop_mode() == mode  # the trainer really asked for this mode
     finally:
         set_loop_mode("unroll")
-    assert len(regions) == len(eager) == 3
-    assert regions == pytest.approx(eager, rel=1e-4)
-    _, meta = load_checkpoint(tmp_path / "region" / "last.safetensors")
-    assert meta["config"]["loops"] == "region" and meta["config"]["compile"] is True
+    assert len(compiled) == len(eager) == 3
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    _, meta = load_checkpoint(tmp_path / mode / "last.safetensors")
+    assert meta["config"]["loops"] == mode and meta["config"]["compile"] is True
 
 
 def test_an_unknown_loop_mode_is_a_user_error(tmp_path):
