@@ -36,6 +36,15 @@ def test_training_step_has_no_graph_breaks(name):
         assert ex.graph_break_count == 0, [str(r.reason) for r in ex.break_reasons]
 
 
+def _explain_small_hope():
+    """torch._dynamo.explain of the small Hope's real pass, in the loop mode set now."""
+    torch._dynamo.reset()
+    model = small("hope").model()
+    x = torch.randint(0, 256, (2, 16))
+    lss = {k: torch.zeros(2, 16, w) for k, w in model.lss_sites()}
+    return torch._dynamo.explain(lambda a, b, s: forward_loss(model, a, b, s))(x, x, lss)
+
+
 def test_hope_in_region_mode_traces_one_graph_of_region_calls(request):
     """Loop mode "region": Hope's self-modifying loop becomes calls of a compiled region, still in
     one graph with no breaks (the loop body is a method of the block, so the region takes only
@@ -44,11 +53,7 @@ def test_hope_in_region_mode_traces_one_graph_of_region_calls(request):
 
     set_loop_mode("region")
     request.addfinalizer(lambda: set_loop_mode("unroll"))
-    torch._dynamo.reset()
-    model = small("hope").model()
-    x = torch.randint(0, 256, (2, 16))
-    lss = {k: torch.zeros(2, 16, w) for k, w in model.lss_sites()}
-    ex = torch._dynamo.explain(lambda a, b, s: forward_loss(model, a, b, s))(x, x, lss)
+    ex = _explain_small_hope()
     assert ex.graph_break_count == 0, [str(r.reason) for r in ex.break_reasons]
     assert ex.graph_count == 1
     assert "invoke_subgraph" in ex.graphs[0].code
@@ -62,11 +67,7 @@ def test_hope_in_call_mode_breaks_the_graph_only_at_its_chunk_loops(request):
 
     set_loop_mode("call", {"backend": "eager"})
     request.addfinalizer(lambda: set_loop_mode("unroll"))
-    torch._dynamo.reset()
-    model = small("hope").model()
-    x = torch.randint(0, 256, (2, 16))
-    lss = {k: torch.zeros(2, 16, w) for k, w in model.lss_sites()}
-    ex = torch._dynamo.explain(lambda a, b, s: forward_loss(model, a, b, s))(x, x, lss)
+    ex = _explain_small_hope()
     reasons = [str(r.reason) for r in ex.break_reasons]
     # dynamo counts the break once in each frame it passes through (model, layer, block, loop)
     assert ex.graph_break_count > 0 and all("_call_loop" in r for r in reasons), reasons

@@ -145,8 +145,11 @@ def region_mode():
     R.set_loop_mode("unroll")
 
 
-@pytest.mark.slow
-def test_compiled_regions_equal_the_plain_loop_forward_and_backward(region_mode):
+@pytest.mark.parametrize("mode,backend", [pytest.param("region", "inductor", marks=pytest.mark.slow),
+                                          ("call", "aot_eager"), ("call", "inductor")])
+def test_compiled_regions_or_calls_equal_the_plain_loop_forward_and_backward(mode, backend, request):
+    """Regions keep the step one graph (fullgraph); calls break it at the loop."""
+    request.addfinalizer(lambda: R.set_loop_mode("unroll"))
     torch.manual_seed(0)
     d, period = 8, 4
     x = torch.randn(2, 16, d, requires_grad=True)
@@ -158,8 +161,9 @@ def test_compiled_regions_equal_the_plain_loop_forward_and_backward(region_mode)
                                     [x, weight, decay])
 
     torch._dynamo.reset()
+    R.set_loop_mode(mode, {"backend": backend})
     block = _Block(weight, decay)
-    fn = torch.compile(lambda a: _run_region(a, block, period), fullgraph=True)
+    fn = torch.compile(lambda a: _run_region(a, block, period), fullgraph=mode == "region", backend=backend)
     y, xo, state = fn(x)
     grads = torch.autograd.grad(y.square().sum() + xo.sum() + state["mem"]["W"].sum(), [x, weight, decay])
 
@@ -233,35 +237,6 @@ def _call_mode(backend):
 @pytest.fixture
 def call_mode(request):
     request.addfinalizer(lambda: R.set_loop_mode("unroll"))
-
-
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compiled_calls_equal_the_plain_loop_forward_and_backward(call_mode, backend):
-    torch.manual_seed(0)
-    d, period = 8, 4
-    x = torch.randn(2, 16, d, requires_grad=True)
-    weight = torch.randn(d, 4, requires_grad=True)
-    decay = torch.tensor(0.9, requires_grad=True)
-    ref_y, ref_x, ref_state = _run(x, weight, decay, period, scannable=False)
-    ref_grads = torch.autograd.grad((ref_y.square().sum() + ref_x.sum() + ref_state["mem"]["W"].sum()),
-                                    [x, weight, decay])
-
-    torch._dynamo.reset()
-    _call_mode(backend)
-    block = _Block(weight, decay)
-    fn = torch.compile(lambda a: _run_region(a, block, period), backend=backend)  # breaks at the loop
-    y, xo, state = fn(x)
-    grads = torch.autograd.grad(y.square().sum() + xo.sum() + state["mem"]["W"].sum(), [x, weight, decay])
-
-    torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(xo, ref_x, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(state["mem"]["W"], ref_state["mem"]["W"], rtol=1e-5, atol=1e-5)
-    assert state["mem"]["M"] is state["mem"]["W"]  # one tensor, as the plain loop leaves it
-    torch.testing.assert_close(state["conv"], ref_state["conv"])
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert state["mem"]["pos"] == ref_state["mem"]["pos"] == 16 and state["mem"]["offset"] == 0
-    assert state["other"] == {"pos": 7}
 
 
 def test_calls_compile_the_body_once_for_every_chunk_and_block(call_mode):
