@@ -238,12 +238,7 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
 
     def probe(x, y, probes, mask=None):
         with frozen(model):
-            # Frozen, the embedding's output needs no grad, while every later layer's input
-            # does (it depends on the probes): dynamo would compile layer 0 a graph of its own
-            # (~30 s of Hope's cold compile). A leaf that requires grad lets layer 0 share the
-            # other layers' graph; its one extra input gradient is discarded.
-            h = model.embed(x).detach().requires_grad_()
-            return head(model, _layers(model, run_probe, h, probes), y, mask)
+            return head(model, _layers(model, run_probe, model.embed(x), probes), y, mask)
 
     return LossFns(main, probe, compiled=True)
 

@@ -53,9 +53,9 @@ def call_start(tmp_path, overrides: dict[str, str]):
     return nestc.compile(spec, overrides)
 
 
-def small(name: str, extra: dict[str, str] | None = None):
-    """The compiled spec `name`, shrunk (and `extra` overrides on top, e.g. more layers)."""
-    return nestc.compile(name, {**SMALL, **SHRINK[name], **(extra or {})})
+def small(name: str):
+    """The compiled spec `name`, shrunk."""
+    return nestc.compile(name, {**SMALL, **SHRINK[name]})
 
 
 def loss_and_grads(model, x, y):

@@ -170,41 +170,14 @@ def test_compiled_first_pass_gives_eager_signals_and_leaves_parameters_alone():
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
     # the first pass's autograd graph reaches the probes and no parameter
-    # (and the embedding's detached output, the one leaf that is neither: see the next test)
     probes = {k: torch.zeros_like(v).requires_grad_() for k, v in compiled.items()}
-    leaves = {id(t) for t in _autograd_leaves(fns.probe(x, y, probes))}
-    assert {id(t) for t in probes.values()} <= leaves
-    assert not leaves & {id(p) for p in model.parameters()}
-    assert len(leaves - {id(t) for t in probes.values()}) <= 1
+    leaves = _autograd_leaves(fns.probe(x, y, probes))
+    assert leaves and {id(t) for t in leaves} <= {id(t) for t in probes.values()}
     # the real pass after it still trains every parameter, and nothing recompiles on the next step
     fns.main(x, y, compiled).backward()
     assert sum(p.grad is not None for p in model.parameters()) > 0
     with torch._dynamo.config.patch(error_on_recompile=True):
         fns.main(x, y, signals(model, fns, x, y)).backward()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("loops", ["unroll", "call"])
-def test_compiled_first_pass_compiles_one_graph_for_every_layer(loops):
-    """A stack of layers compiles as many graphs as one layer does, in the first pass too,
-    where the embedding's output (parameters frozen) needs no grad but later layers' inputs do:
-    without care layer 0 gets a graph of its own, the cost of one more layer's compile."""
-    def graphs(n_layers: str) -> int:
-        torch._dynamo.reset()
-        compiled = []
-
-        def counting(gm, example_inputs):  # dynamo's graphs, run as traced (no AOT, no inductor)
-            compiled.append(gm)
-            return gm.forward
-
-        model = small("hope", {"n_layers": n_layers}).model()
-        fns = make_loss_fns(model, compile=True, loops=loops, backend=counting)
-        x = torch.randint(0, 256, (2, 16))
-        signals(model, fns, x, x)
-        return len(compiled)
-
-    one = graphs("1")
-    assert one > 0 and graphs("3") == one
 
 
 def test_frozen_restores_the_flags_after_an_error():
