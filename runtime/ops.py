@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -79,7 +81,9 @@ def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int
 # make_loss_fns.
 LOOP_MODES = ("unroll", "scan", "region", "call")
 _loop_mode = "unroll"
-_COMPILED_BODIES: dict = {}  # (block class, method name) -> the compiled loop body
+# block class -> {loop method name: its compiled body}; weak, so that a generated class and its
+# compiled bodies go when the model does (tests and notebooks compile many specs in one process)
+_COMPILED_BODIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _body_options: dict = {}  # torch.compile options of loop mode "call"'s bodies
 
 
@@ -135,33 +139,78 @@ def chunk_loop(body, state: dict, inputs: dict, period: int, anchor: str, carrie
 
 def _scan_loop(body, state: dict, inputs: dict, period: int, carried: list[str]):
     from torch._higher_order_ops.scan import scan
-    from torch.utils import _pytree as pytree
 
     t = next(iter(inputs.values())).shape[1]
     n = t // period
-    leaves, spec = pytree.tree_flatten({k: state[k] for k in carried})
-    is_t = [torch.is_tensor(x) for x in leaves]
-    static = [None if i else x for x, i in zip(leaves, is_t)]
-
-    def rebuild(tensors):
-        it = iter(tensors)
-        return pytree.tree_unflatten([next(it) if i else s for i, s in zip(is_t, static)], spec)
+    tree = _Carry(state, carried)
 
     def chunks(x):  # [B, T, ...] -> [T/P, B, P, ...]
         return x.reshape(x.shape[0], n, period, *x.shape[2:]).movedim(1, 0)
 
     def step(carry, piece):
-        st, out = body(dict(state, **rebuild(carry)), piece, False)
-        new = [x.clone(memory_format=torch.contiguous_format)
-               for x, i in zip(pytree.tree_leaves({k: st[k] for k in carried}), is_t) if torch.is_tensor(x)]
+        st, out = body(dict(state, **tree.rebuild(carry)), piece, False)
+        new = [x.clone(memory_format=torch.contiguous_format) for x in _Carry(st, carried).tensors()]
         return new, {k: v.clone(memory_format=torch.contiguous_format) for k, v in out.items()}
 
     # fresh copies: two carried leaves may be one tensor (a memory's W and M between chunks)
-    init = [x.clone(memory_format=torch.contiguous_format) for x in leaves if torch.is_tensor(x)]
+    init = [x.clone(memory_format=torch.contiguous_format) for x in tree.tensors()]
     final, ys = scan(step, init, {k: chunks(v) for k, v in inputs.items()})
-    new_state = _moved_on(dict(state, **rebuild(final)), state, carried, t)
+    new_state = _moved_on(dict(state, **tree.rebuild(final)), state, carried, t)
     outs = {k: v.movedim(0, 1).reshape(v.shape[1], t, *v.shape[3:]) for k, v in ys.items()}
     return new_state, outs
+
+
+class _Carry:
+    """A chunk loop's carried state as the flat list of its tensors (what a compiled body takes
+    and returns) and back; the leaves that are not tensors (offsets, flags) stay as they were."""
+
+    def __init__(self, state: dict, carried):
+        from torch.utils import _pytree as pytree
+
+        self.leaves, self.spec = pytree.tree_flatten({k: state[k] for k in carried})
+        self.is_tensor = [torch.is_tensor(x) for x in self.leaves]
+
+    def tensors(self) -> list[Tensor]:
+        return [x for x, is_t in zip(self.leaves, self.is_tensor) if is_t]
+
+    def rebuild(self, tensors) -> dict:
+        from torch.utils import _pytree as pytree
+
+        it = iter(tensors)
+        return pytree.tree_unflatten([next(it) if is_t else x for x, is_t in zip(self.leaves, self.is_tensor)],
+                                     self.spec)
+
+
+# Two carried tensors may be one tensor (a memory's W and M between chunks: a memory tells its
+# committed state by `W is M`). A compiled function returns each tensor once and never one
+# object twice, so the loops pass the pattern across: pattern[j] is the first position that
+# holds the same tensor as position j.
+def _alias_pattern(tensors: list[Tensor]) -> tuple[int, ...]:
+    return tuple(next(i for i, y in enumerate(tensors) if y is x) for x in tensors)
+
+
+def _distinct(tensors: list[Tensor], pattern: tuple[int, ...]) -> list[Tensor]:
+    return [x for j, x in enumerate(tensors) if pattern[j] == j]
+
+
+def _with_aliases(distinct, pattern: tuple[int, ...]) -> list[Tensor]:
+    it = iter(distinct)
+    first = {j: next(it) for j, p in enumerate(pattern) if p == j}
+    return [first[p] for p in pattern]
+
+
+def _whole_chunks(inputs: dict, period: int):
+    """The pieces of a stream of whole chunks, in order."""
+    t = next(iter(inputs.values())).shape[1]
+    for i in range(t // period):
+        yield {k: v[:, i * period:(i + 1) * period] for k, v in inputs.items()}
+
+
+def _loop_result(state: dict, carry: dict, carried: list[str], t: int, parts: dict[str, list]):
+    """(the state after the loop, its outputs concatenated) for the loops whose calls saw fixed
+    positions (`_moved_on`)."""
+    new_state = _moved_on(dict(state, **carry), state, carried, t)
+    return new_state, {k: torch.cat(v, dim=1) for k, v in parts.items()}
 
 
 def _region_loop(body, state: dict, inputs: dict, period: int, carried: list[str], outputs: tuple[str, ...]):
@@ -172,30 +221,21 @@ def _region_loop(body, state: dict, inputs: dict, period: int, carried: list[str
     inputs are tensors and constants only. Every call sees the state the loop began with, less
     the carried tensors (as in the scan: whole chunks from a boundary, so positions and offsets
     are fixed up once at the end)."""
-    from torch.utils import _pytree as pytree
-
     t = next(iter(inputs.values())).shape[1]
+    tree = _Carry(state, carried)
     carry = {k: state[k] for k in carried}
-    leaves, spec = pytree.tree_flatten(carry)
-    tensors = [x for x in leaves if torch.is_tensor(x)]
-    # which carried tensors are one tensor (a memory's W and M between chunks): a region returns
-    # each tensor once, so the loop passes this pattern in and restores it from the outputs
-    same = tuple(next(j for j, y in enumerate(tensors) if y is x) for x in tensors)
+    pattern = _alias_pattern(tree.tensors())  # passed in: the region returns the distinct ones
+    n = sum(p == j for j, p in enumerate(pattern))
     parts: dict[str, list] = {k: [] for k in outputs}
-    for i in range(t // period):
-        piece = {k: v[:, i * period:(i + 1) * period] for k, v in inputs.items()}
+    for piece in _whole_chunks(inputs, period):
         flat = _region_call(body.__self__, body.__name__, dict(state, **carry), piece, tuple(carried),
-                            outputs, same)
-        it = iter(flat)
-        unique = {j: next(it) for j, first in enumerate(same) if first == j}
-        new = iter([unique[first] for first in same])
-        carry = pytree.tree_unflatten([next(new) if torch.is_tensor(x) else x for x in leaves], spec)
-        for k in outputs:
+                            outputs, pattern)
+        carry = tree.rebuild(_with_aliases(flat[:n], pattern))
+        for k, v in zip(outputs, flat[n:]):
             # times one: its gradient is a fresh tensor, where the concatenation's would be a view
             # at an offset that differs per chunk, and each offset would cost a backward trace
-            parts[k].append(next(it) * 1.0)
-    new_state = _moved_on(dict(state, **carry), state, carried, t)
-    return new_state, {k: torch.cat(v, dim=1) for k, v in parts.items()}
+            parts[k].append(v * 1.0)
+    return _loop_result(state, carry, carried, t, parts)
 
 
 @torch.compiler.disable
@@ -207,33 +247,26 @@ def _call_loop(body, state: dict, inputs: dict, period: int, carried: list[str],
     graphs of their own. As in `_region_loop`, every call sees the loop's starting positions
     (whole chunks from a chunk boundary; positions are fixed up once at the end), so no chunk
     differs from another in anything the compiled body is specialised on."""
-    from torch.utils import _pytree as pytree
-
     t = next(iter(inputs.values())).shape[1]
-    leaves, spec = pytree.tree_flatten({k: state[k] for k in carried})
-    is_tensor = [torch.is_tensor(x) for x in leaves]
+    tree = _Carry(state, carried)
     # The first chunk gets its carried tensors as every later chunk will: contiguous (what the
     # compiled body returns; the initial state is often broadcast) and requiring grad when the
     # chunk's outputs will (a conv's zero state does not, the state after one chunk does), or
-    # it would compile a body of its own. Tensors that are one tensor (a memory's W and M
-    # between chunks) stay one.
+    # it would compile a body of its own. Tensors that are one tensor stay one.
     owner = body.__self__
     grads = torch.is_grad_enabled() and any(
-        x.requires_grad for x in [*leaves, *inputs.values(), *owner.parameters()] if torch.is_tensor(x))
-    fresh: dict[int, Tensor] = {}
-    leaves = [fresh.setdefault(id(x), _as_carried(x, grads)) if is_t else x for x, is_t in zip(leaves, is_tensor)]
+        x.requires_grad for x in [*tree.tensors(), *inputs.values(), *owner.parameters()] if torch.is_tensor(x))
+    start = tree.tensors()
+    pattern = _alias_pattern(start)
+    carry = tree.rebuild(_with_aliases([_as_carried(x, grads) for x in _distinct(start, pattern)], pattern))
     run = compiled_body(type(owner), body.__name__)
-    carry = pytree.tree_unflatten(leaves, spec)
     parts: dict[str, list] = {k: [] for k in outputs}
-    for i in range(t // period):
-        piece = {k: v[:, i * period:(i + 1) * period] for k, v in inputs.items()}
-        distinct, which, out = run(owner, body.__name__, dict(state, **carry), piece, tuple(carried))
-        it = iter([distinct[j] for j in which])
-        carry = pytree.tree_unflatten([next(it) if is_t else x for x, is_t in zip(leaves, is_tensor)], spec)
+    for piece in _whole_chunks(inputs, period):
+        distinct, pattern, out = run(owner, body.__name__, dict(state, **carry), piece, tuple(carried))
+        carry = tree.rebuild(_with_aliases(distinct, pattern))
         for k in outputs:
             parts[k].append(out[k])
-    new_state = _moved_on(dict(state, **carry), state, carried, t)
-    return new_state, {k: torch.cat(v, dim=1) for k, v in parts.items()}
+    return _loop_result(state, carry, carried, t, parts)
 
 
 def _as_carried(x: Tensor, grads: bool) -> Tensor:
@@ -245,21 +278,12 @@ def _as_carried(x: Tensor, grads: bool) -> Tensor:
 
 def _call_body(owner, name: str, state: dict, piece: dict, carried: tuple):
     """One chunk of `_call_loop`: the carried state's distinct tensors, contiguous (so every chunk
-    passes the next one the layout the first one got), which of them each carried tensor is
-    (a compiled function does not return one tensor twice as one object, and a memory tells
-    its committed state by `W is M`), and the body's outputs."""
-    from torch.utils import _pytree as pytree
-
+    passes the next one the layout the first one got), their alias pattern, and the body's
+    outputs."""
     st, out = getattr(owner, name)(state, piece, False)
-    distinct: list[Tensor] = []
-    which = []
-    for x in pytree.tree_leaves({k: st[k] for k in carried}):
-        if torch.is_tensor(x):
-            j = next((i for i, y in enumerate(distinct) if y is x), len(distinct))
-            if j == len(distinct):
-                distinct.append(x)
-            which.append(j)
-    return [x.contiguous() for x in distinct], tuple(which), out
+    new = _Carry(st, carried).tensors()
+    pattern = _alias_pattern(new)
+    return [x.contiguous() for x in _distinct(new, pattern)], pattern, out
 
 
 def compiled_body(owner: type, name: str):
@@ -269,12 +293,12 @@ def compiled_body(owner: type, name: str):
     (and its limit on them) per code object, and one loop's variants should not use up another's."""
     import types
 
-    key = (owner, name)
-    if key not in _COMPILED_BODIES:
+    bodies = _COMPILED_BODIES.setdefault(owner, {})
+    if name not in bodies:
         code = _call_body.__code__.replace(co_name=f"{owner.__name__}_{name}")
         fn = types.FunctionType(code, _call_body.__globals__, code.co_name)
-        _COMPILED_BODIES[key] = torch.compile(fn, **_body_options)
-    return _COMPILED_BODIES[key]
+        bodies[name] = torch.compile(fn, **_body_options)
+    return bodies[name]
 
 
 def _moved_on(new_state: dict, state: dict, carried: list[str], t: int) -> dict:
@@ -292,14 +316,11 @@ def _region_call(owner, name: str, state: dict, piece: dict, carried: tuple, out
     position that holds the same tensor as position j), then the outputs, as one flat tuple of
     tensors (what a reusable region may return). A tensor that comes back unchanged is copied,
     since a region's output must not alias its input."""
-    from torch.utils import _pytree as pytree
-
     st, out = getattr(owner, name)(state, piece, False)
-    before = [x for x in pytree.tree_leaves({k: state[k] for k in carried}) if torch.is_tensor(x)]
-    new = [x for x in pytree.tree_leaves({k: st[k] for k in carried}) if torch.is_tensor(x)]
+    before = _Carry(state, carried).tensors()
+    new = _Carry(st, carried).tensors()
     if len(new) != len(same) or any(new[j] is not new[first] for j, first in enumerate(same)):
         raise RuntimeError(f"chunk loop {name}: its state changed structure in a chunk, so it "
                            "cannot run as a compiled region (use loop mode 'unroll')")
-    new = [x.clone() if any(x is y for y in before) else x
-           for j, x in enumerate(new) if same[j] == j]
+    new = [x.clone() if any(x is y for y in before) else x for x in _distinct(new, same)]
     return (*new, *(out[k] for k in outputs))

@@ -238,6 +238,11 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
 
     def probe(x, y, probes, mask=None):
         with frozen(model):
+            # Frozen, the embedding's output needs no grad while later layers' inputs do (they
+            # depend on the probes), so layer 0 compiles a graph of its own here. Deliberately:
+            # making that input a leaf that requires grad shares one graph (Hope: 46-108 s less
+            # cold compile) but has layer 0's backward compute a gradient nothing needs, through
+            # every inner update (steps 16-30% slower; measured, benchmarks/results/amd_epyc_avx2/layer0/).
             return head(model, _layers(model, run_probe, model.embed(x), probes), y, mask)
 
     return LossFns(main, probe, compiled=True)

@@ -280,3 +280,26 @@ def test_eager_runs_ignore_call_mode(call_mode):
     ref_y, _, _ = _run(x, block.weight, block.decay, 4, scannable=False)
     torch.testing.assert_close(y, ref_y)
     assert seen == []
+
+
+def test_compiled_bodies_go_with_their_block_class(call_mode):
+    """The cache of compiled bodies holds no block class alive: a process that compiles many
+    specs (tests, notebooks) does not keep every generated class and its graphs."""
+    import gc
+    import weakref
+
+    def run_once():
+        cls = type("Generated", (_Block,), {})  # as nestc.compile makes a class per spec
+        block = cls(torch.nn.Parameter(torch.randn(8, 4)), 0.9)
+        fn = torch.compile(lambda a, blk: _run_region(a, blk, 4), backend="eager")
+        y, _, _ = fn(torch.randn(2, 32, 8), block)
+        y.sum().backward()
+        assert cls in R._COMPILED_BODIES
+        return weakref.ref(cls)
+
+    torch._dynamo.reset()
+    _call_mode("eager")
+    cls = run_once()
+    gc.collect()
+    assert cls() is None
+    assert len(R._COMPILED_BODIES) == 0
