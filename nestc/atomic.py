@@ -9,6 +9,18 @@ from pathlib import Path
 from .diagnostics import NestError, Pos
 
 
+def _mode_for(path: Path) -> int:
+    """The permissions the file would get from a plain `open(path, "w")`: an existing file keeps
+    its own, a new one gets 0o666 less the umask. mkstemp's temporary file is always 0o600, which
+    would leave every checkpoint and report readable by its owner alone."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)  # the only way to read it is to set it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     try:
@@ -17,6 +29,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     except OSError as err:
         raise NestError.at(Pos(file=str(path)), f"cannot write here: {err.strerror}") from None
     try:
+        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
+            os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
