@@ -95,7 +95,7 @@ def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bo
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        value = float(loss)
+        value = float(loss.detach())
         synchronize(dev)
         return value
 
