@@ -21,13 +21,12 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def replace_file(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, rename it onto `path` and fsync
+    the folder. Raises the OSError of a failed step, with the temporary removed and `path`
+    untouched; callers that know what the file is say so in their own error."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise NestError.at(Pos(file=str(path)), f"cannot write here: {err.strerror}") from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
             os.fchmod(fd, _mode_for(path))
@@ -36,13 +35,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException as err:
+    except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(err, OSError):
-            raise NestError.at(Pos(file=str(path)), f"cannot write: {err.strerror}") from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -52,6 +49,16 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """`replace_file`, creating the folder, with a failure reported as a NestError on the path."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, data)
+    except OSError as err:
+        raise NestError.at(Pos(file=str(path)), f"cannot write: {err.strerror or err}") from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -36,13 +36,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from nestc.atomic import replace_file
 from nestc.diagnostics import NestError, Pos, plural
 
 from .tokenizers import Tokenizer
@@ -546,22 +546,6 @@ class BatchSampler:
 # --------------------------------------------------------------------------- prepare_corpus
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-
-
 def _tokenize_cached(text: str, sha: str, tokenizer: Tokenizer, cache_dir: str | os.PathLike | None) -> torch.Tensor:
     """Token ids of ``text``; with ``cache_dir``, cached as ``tokens-<sha>-<tokenizer>.bin``
     (int32 little-endian) + a ``.json`` sidecar. A damaged cache entry is silently rebuilt."""
@@ -585,8 +569,8 @@ def _tokenize_cached(text: str, sha: str, tokenizer: Tokenizer, cache_dir: str |
     try:
         d.mkdir(parents=True, exist_ok=True)
         arr = ids.to(torch.int32).numpy().astype("<i4", copy=False)
-        _atomic_write_bytes(data_p, arr.tobytes())
-        _atomic_write_bytes(
+        replace_file(data_p, arr.tobytes())
+        replace_file(
             meta_p, json.dumps({"sha256": sha, "tokenizer": json.loads(cfg), "tokens": ids.numel()}).encode()
         )
     except OSError as e:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from nestc.atomic import replace_file
 from nestc.diagnostics import NestError, Pos
 
 __all__ = ["MetricsLog", "plot_metrics", "read_metrics"]
@@ -108,22 +108,6 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return _parse_lines(p, _read_raw(p))[0]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-
-
 class MetricsLog:
     """Append-only JSONL writer: ``log.write({...})`` appends one line and flushes it.
 
@@ -149,7 +133,7 @@ class MetricsLog:
                 if resume_step is not None and any(_step(r) > resume_step for r in records):
                     kept = [r for r in records if _step(r) <= resume_step]
                     data = "".join(_dumps(r) + "\n" for r in kept).encode("utf-8")
-                    _atomic_write(self.path, data)
+                    replace_file(self.path, data)
                 elif keep != len(text.encode("utf-8")):
                     with open(self.path, "r+b") as f:
                         f.truncate(keep)
@@ -284,7 +268,7 @@ def plot_metrics(
     fig.savefig(buf, format="png")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out, buf.getvalue())
+        replace_file(out, buf.getvalue())
     except OSError as e:
         raise NestError.at(
             Pos(file=str(out)), f"cannot write the plot: {e.strerror or e}", hint="choose a writable output folder"

@@ -85,6 +85,18 @@ def test_resume_drops_records_after_the_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl"]
 
 
+def test_the_resume_rewrite_keeps_the_logs_permissions(tmp_path):
+    path = tmp_path / "m.jsonl"
+    with MetricsLog(path) as log:
+        for s in range(1, 4):
+            log.write(train(s))
+    path.chmod(0o640)
+    with MetricsLog(path, resume_step=1) as log:  # drops steps 2-3 by rewriting the file
+        log.write(train(2))
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
 def test_not_a_jsonl_file(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text('{"step": 1}\nthis is prose, not JSON\n{"step": 2}\n')
