@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -75,8 +74,7 @@ def measure(spec: str, batch: int | None, seq_len: int | None, loops: str, threa
     step()
     second = time.perf_counter() - t0
     graphs = sorted(metrics.get("fx_codegen_and_compile", []), reverse=True)
-    return {"spec": spec, "batch": b, "seq_len": t, "loops": loops, "threads": threads,
-            "machine": machine("cpu"), "commit": machine("cpu")["commit"], "python": platform.python_version(),
+    return {"spec": spec, "batch": b, "seq_len": t, "loops": loops, "threads": threads, "machine": machine("cpu"),
             "first_step_s": first, "second_step_s": second, "phases": phase_rows(metrics),
             "graph_codegen_s": graphs}
 
@@ -85,8 +83,8 @@ def render(res: dict) -> str:
     m = res["machine"]
     lines = [f"compile phases: {res['spec']}, loops {res['loops']}, batch {res['batch']} × seq {res['seq_len']}, "
              f"{res['threads']} threads",
-             f"machine: {m.get('cpu', '?')} ({m.get('cpu_capability') or '?'}); torch {m.get('torch', '?')}; python {res['python']}; "
-             f"commit {res['commit'] or '?'}",
+             f"machine: {m.get('cpu', '?')} ({m.get('cpu_capability') or '?'}); torch {m.get('torch', '?')}; python {m['python']}; "
+             f"commit {m['commit'] or '?'}",
              f"first step {res['first_step_s']:.1f} s, second {res['second_step_s']:.1f} s "
              f"(compile ≈ {res['first_step_s'] - res['second_step_s']:.1f} s)", "",
              f"{'phase':<66} {'calls':>5} {'total s':>8} {'max s':>7}"]

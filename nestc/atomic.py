@@ -12,7 +12,7 @@ from .diagnostics import NestError, Pos
 def _mode_for(path: Path) -> int:
     """The permissions the file would get from a plain `open(path, "w")`: an existing file keeps
     its own, a new one gets 0o666 less the umask. mkstemp's temporary file is always 0o600, which
-    would leave every checkpoint and report readable by its owner alone."""
+    would leave every report, log and generated module readable by its owner alone."""
     try:
         return path.stat().st_mode & 0o7777
     except OSError:
@@ -41,14 +41,21 @@ def replace_file(path: str | os.PathLike, data: bytes) -> None:
         except OSError:
             pass
         raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Make a rename inside `folder` durable; a no-op where the filesystem cannot fsync a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

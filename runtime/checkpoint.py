@@ -61,6 +61,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors import torch as st
 
+from nestc.atomic import fsync_folder
 from nestc.diagnostics import NestError, Pos
 
 __all__ = [
@@ -137,19 +138,6 @@ def _prepare_tensors(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, tor
     return out, aliases
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems / platforms cannot fsync a directory
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     """Atomically write ``tensors`` + ``meta`` to the safetensors file ``path`` (format above).
 
@@ -199,7 +187,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
         finally:
             os.close(fd)
         os.replace(tmp, p)
-        _fsync_dir(folder)
+        fsync_folder(folder)
     except BaseException as e:
         try:
             tmp.unlink()
