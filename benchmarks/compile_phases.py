@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
+
+from bench_cli import bad_loop_mode, run_in_cache  # benchmarks/, beside this script
 
 # (timer name, label, depth): the pipeline in order, each child indented under its parent.
 # Backward graphs compile when the first backward runs, outside dynamo's frame compiles.
@@ -109,20 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=None, help="inductor cache folder (default: a fresh temporary one)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
-    from nestc.diagnostics import NestError
-    from nestc.runtime.ops import LOOP_MODES
-
-    if args.loops not in LOOP_MODES:
-        print(f"compile_phases.py: error: --loops {args.loops}: use one of {', '.join(LOOP_MODES)}", file=sys.stderr)
+    if bad_loop_mode("compile_phases.py", args.loops):
         return 2
-    with tempfile.TemporaryDirectory(prefix="nestc-phases-") as fresh:
-        # inductor reads its cache folder from the environment when it first needs it
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.cache or fresh
-        try:
-            res = measure(args.spec, args.batch, args.seq_len, args.loops, args.threads)
-        except NestError as err:  # a spec that does not resolve: its diagnostics, not a traceback
-            print(f"compile_phases.py: error in {args.spec}:\n{err.render_plain()}", file=sys.stderr)
-            return 2
+    res = run_in_cache("compile_phases.py", args.spec, args.cache, "nestc-phases-",
+                       lambda: measure(args.spec, args.batch, args.seq_len, args.loops, args.threads))
+    if res is None:
+        return 2
     print(render(res))
     if args.json:
         from nestc.atomic import write_text_atomic

@@ -1,0 +1,35 @@
+"""What the benchmark scripts that build a spec's training step share on the command line: the
+loop-mode check and a run in a chosen (or fresh) inductor cache, with a spec's errors printed as
+its diagnostics and exit code 2 rather than a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Callable
+
+
+def bad_loop_mode(script: str, loops: str) -> bool:
+    """Print the error and return True when `loops` is not one of nestc's loop modes."""
+    from nestc.runtime.ops import LOOP_MODES
+
+    if loops in LOOP_MODES:
+        return False
+    print(f"{script}: error: --loops {loops}: use one of {', '.join(LOOP_MODES)}", file=sys.stderr)
+    return True
+
+
+def run_in_cache(script: str, spec: str, cache: str | None, prefix: str, measure: Callable[[], dict]) -> dict | None:
+    """measure() with inductor's cache in `cache`, or in a temporary folder made empty for it;
+    None, once the spec's diagnostics are printed, when the spec does not resolve."""
+    from nestc.diagnostics import NestError
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as fresh:
+        # inductor reads its cache folder from the environment when it first needs it
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache or fresh
+        try:
+            return measure()
+        except NestError as err:
+            print(f"{script}: error in {spec}:\n{err.render_plain()}", file=sys.stderr)
+            return None

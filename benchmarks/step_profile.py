@@ -1,0 +1,215 @@
+"""Where a spec's training step spends its time: matrix products, inductor's kernels, the rest.
+
+    python benchmarks/step_profile.py titans                      # compiled, the spec's batch and length
+    python benchmarks/step_profile.py titans --mode eager --top 20
+    python benchmarks/step_profile.py hope --loops call --steps 3 --json out.json
+
+Builds the same full training step as `nestc bench` (runtime/bench.py `build_step`), runs it until
+it is compiled and warm, times a few steps without the profiler, then runs --steps more under
+torch.profiler with input shapes recorded. Inductor is told to record each generated C++ kernel
+(`torch._inductor.config.cpp.enable_kernel_profile`), so a compiled step is seen kernel by
+kernel; that setting is part of inductor's cache key, so the step compiles afresh once.
+
+Every op's self time (its time minus the ops it called) lands in one of these groups:
+* matrix products: mm, bmm, addmm, baddbmm (with FLOPs from their shapes: 2·m·k·n per product)
+  and the attention kernels;
+* inductor's kernels: the fused C++ (or Triton) code torch.compile generated;
+* compiled-graph wrappers: the Python of each compiled graph between its kernels;
+* other ATen ops: whatever ran outside a kernel inductor wrote (all element-wise work in eager);
+* autograd, optimizer, other: the autograd engine's nodes, the optimizer's step (its Python;
+  its ATen ops count above) and other named regions.
+What the profiler saw on no op (the step's own Python, the optimizer's loop) is the remainder
+of the step's wall time. The profiler adds a cost to every op, so the profiled step is slower
+than the unprofiled one; both are printed. Where the step is many small ops (eager Hope: 9.4 s
+profiled against 5.2 s), the small ops' times are inflated, and so is their share: measured on
+its own (call by call, without the profiler), a bmm shape of eager Hope that the profiler put
+at 5.4 ms per call took 0.4 ms.
+With shapes recorded, an eager step costs the profiler gigabytes of memory (Hope: about 7 GB
+for one step), so keep --steps small there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+from bench_cli import bad_loop_mode, run_in_cache  # benchmarks/, beside this script
+
+# ATen's matrix products, and the positions of the two factors among their inputs
+PRODUCTS = {"aten::mm": (0, 1), "aten::bmm": (0, 1), "aten::addmm": (1, 2), "aten::baddbmm": (1, 2)}
+ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_flash_attention_forward",
+             "aten::_scaled_dot_product_efficient_attention", "aten::_efficient_attention_forward",
+             "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+             "aten::_flash_attention_backward", "aten::_efficient_attention_backward")
+GROUPS = ["matrix products", "inductor's kernels", "compiled-graph wrappers", "other ATen ops",
+          "autograd, optimizer, other"]
+
+
+def group_of(name: str) -> str:
+    if name in PRODUCTS or name in ATTENTION:
+        return "matrix products"
+    if "cpp_fused" in name or name.startswith("triton_") or "_triton_" in name:
+        return "inductor's kernels"
+    if name.startswith("## Call CompiledFxGraph") or name.startswith("Torch-Compiled Region"):
+        return "compiled-graph wrappers"
+    if name.startswith("aten::"):
+        return "other ATen ops"
+    return "autograd, optimizer, other"
+
+
+def product_flops(name: str, shapes: list) -> int | None:
+    """2·m·k·n per product (times the batch for bmm), from the profiler's input shapes."""
+    where = PRODUCTS.get(name)
+    if where is None or len(shapes) <= max(where):
+        return None
+    a, b = shapes[where[0]], shapes[where[1]]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return 2 * math.prod(a) * b[-1]  # a [..., m, k] @ b [..., k, n]
+
+
+def profile_step(spec: str, mode: str, batch: int | None, seq_len: int | None, loops: str,
+                 threads: int, steps: int) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from nestc.resolve import resolve_ref
+    from nestc.runtime.bench import build_step, machine
+
+    torch.set_num_threads(threads)
+    compiled = mode == "compiled"
+    if compiled:
+        torch._inductor.config.cpp.enable_kernel_profile = True
+    program = resolve_ref(spec, {})
+    b = batch or int(program.train.get("batch", 4))
+    t = seq_len or int(program.train.get("seq_len", 128))
+    step, model = build_step(spec, {}, b, t, compile=compiled, loops=loops)
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    step()  # the optimizer's state now exists, every graph is loaded
+    plain = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        plain.append(time.perf_counter() - t0)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        profiled = (time.perf_counter() - t0) / steps
+
+    per_step = 1e-3 / steps  # profiler microseconds over all steps -> ms per step
+    groups = {g: {"ms": 0.0, "ops": 0} for g in GROUPS}
+    ops = []
+    for ev in prof.key_averages():
+        g = group_of(ev.key)
+        ms = ev.self_cpu_time_total * per_step
+        groups[g]["ms"] += ms
+        groups[g]["ops"] += 1
+        ops.append({"op": ev.key, "group": g, "calls_per_step": ev.count / steps, "ms_per_step": ms})
+    ops.sort(key=lambda r: -r["ms_per_step"])
+    by_shape = []  # every ATen op outside inductor's kernels, per input shapes
+    for ev in prof.key_averages(group_by_input_shape=True):
+        if not ev.key.startswith("aten::"):
+            continue
+        flops = product_flops(ev.key, ev.input_shapes)
+        by_shape.append({"op": ev.key, "shapes": [list(s) for s in ev.input_shapes],
+                         "calls_per_step": ev.count / steps, "ms_per_step": ev.self_cpu_time_total * per_step,
+                         "gflop_per_step": None if flops is None else flops * ev.count / steps / 1e9})
+    by_shape.sort(key=lambda r: -r["ms_per_step"])
+    products = [r for r in by_shape if r["op"] in PRODUCTS or r["op"] in ATTENTION]
+    seen = sum(g["ms"] for g in groups.values())
+    return {"spec": spec, "mode": mode, "loops": loops if compiled else None, "batch": b, "seq_len": t,
+            "threads": threads, "steps": steps, "machine": machine("cpu"),
+            "params": sum(p.numel() for p in model.parameters()),
+            "first_step_s": first, "median_step_ms": 1e3 * statistics.median(plain),
+            "profiled_step_ms": 1e3 * profiled, "groups": groups,
+            "unseen_ms": 1e3 * profiled - seen, "ops": ops, "products": products,
+            "aten_by_shape": by_shape}
+
+
+def _share(ms: float, total: float) -> str:
+    return f"{100 * ms / total:5.1f}%" if total > 0 else "    -"
+
+
+def render(res: dict, top: int) -> str:
+    m = res["machine"]
+    total = res["profiled_step_ms"]
+    how = f"compiled, loops {res['loops']}" if res["mode"] == "compiled" else "eager"
+    lines = [f"step profile: {res['spec']} ({res['params'] / 1e6:.2f}M params), {how}, batch {res['batch']} × "
+             f"seq {res['seq_len']}, {res['threads']} threads, {res['steps']} profiled steps",
+             f"machine: {m.get('cpu', '?')} ({m.get('cpu_capability') or '?'}); torch {m.get('torch', '?')}; "
+             f"commit {m.get('commit') or '?'}",
+             f"step: {res['median_step_ms']:.1f} ms unprofiled (median of {res['steps']}), "
+             f"{total:.1f} ms profiled; first step {res['first_step_s']:.1f} s"]
+    if total > 1.25 * res["median_step_ms"]:
+        lines.append(f"note: the profiler made the step {total / res['median_step_ms']:.2f}× slower; its cost per op "
+                     "weighs most on small ops, so their times below are inflated (time one op outside "
+                     "the profiler before acting on its share)")
+    lines.append("")
+    prod = [p for p in res["products"] if p["gflop_per_step"] is not None]
+    gflop = sum(p["gflop_per_step"] for p in prod)
+    prod_ms = sum(p["ms_per_step"] for p in prod)
+    lines.append(f"{'where the time goes':<28} {'ms/step':>8} {'share':>6}  ")
+    for g in GROUPS:
+        row = res["groups"][g]
+        extra = ""
+        if g == "matrix products" and prod_ms > 0:
+            extra = f"  {gflop:.2f} GFLOP in mm/bmm/addmm/baddbmm, {gflop / prod_ms * 1e3:.0f} GFLOP/s"
+        elif g == "inductor's kernels" and row["ops"]:
+            extra = f"  {row['ops']} kernels"
+        lines.append(f"{g:<28} {row['ms']:>8.1f} {_share(row['ms'], total)}{extra}")
+    lines.append(f"{'no op (Python between ops)':<28} {res['unseen_ms']:>8.1f} {_share(res['unseen_ms'], total)}")
+    lines += ["", f"top {top} ops by self time", f"{'ms/step':>8} {'share':>6} {'calls':>6}  op"]
+    for r in res["ops"][:top]:
+        name = r["op"] if len(r["op"]) <= 90 else r["op"][:87] + "..."
+        lines.append(f"{r['ms_per_step']:>8.2f} {_share(r['ms_per_step'], total)} {r['calls_per_step']:>6.0f}  {name}")
+    if res["aten_by_shape"]:
+        lines += ["", "ATen ops by input shapes (GFLOP/s for matrix products)",
+                  f"{'ms/step':>8} {'calls':>6} {'GFLOP/s':>8}  op  input shapes"]
+        for p in res["aten_by_shape"][:top]:
+            rate = (f"{p['gflop_per_step'] / p['ms_per_step'] * 1e3:8.0f}" if p["gflop_per_step"] and p["ms_per_step"] > 0
+                    else f"{'-':>8}")
+            lines.append(f"{p['ms_per_step']:>8.2f} {p['calls_per_step']:>6.0f} {rate}  {p['op']}  {p['shapes']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("spec", help="a spec file or a built-in name")
+    ap.add_argument("--mode", choices=["compiled", "eager"], default="compiled")
+    ap.add_argument("--loops", default="unroll", help="unroll, call, scan or region (as nestc bench)")
+    ap.add_argument("--batch", type=int, default=None, help="sequences per step (default: the spec's)")
+    ap.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the spec's)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5, help="steps timed, and then profiled (default 5)")
+    ap.add_argument("--top", type=int, default=15, help="rows in the op and shape tables (default 15)")
+    ap.add_argument("--cache", default=None, help="inductor cache folder (default: a fresh temporary one)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    for flag, value in (("--steps", args.steps), ("--top", args.top), ("--threads", args.threads)):
+        if value < 1:
+            print(f"step_profile.py: error: {flag} {value}: use a whole number from 1", file=sys.stderr)
+            return 2
+    if bad_loop_mode("step_profile.py", args.loops):
+        return 2
+    res = run_in_cache("step_profile.py", args.spec, args.cache, "nestc-profile-",
+                       lambda: profile_step(args.spec, args.mode, args.batch, args.seq_len, args.loops,
+                                            args.threads, args.steps))
+    if res is None:
+        return 2
+    print(render(res, args.top))
+    if args.json:
+        from nestc.atomic import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

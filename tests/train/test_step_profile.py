@@ -1,0 +1,70 @@
+"""benchmarks/step_profile.py: where a spec's training step spends its time, op by op."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from nestc.runtime.bench import build_step
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "step_profile.py"
+TINY = ("linear_attention", "--batch", "1", "--seq-len", "16", "--threads", "1", "--steps", "2")
+
+
+def _run(*args, timeout=900):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_eager_matrix_product_flops_match_torchs_flop_counter(tmp_path):
+    """The FLOPs the script reads off the profiler's input shapes are the ones torch's own
+    FlopCounterMode counts for the same step's mm, bmm, addmm and baddbmm calls."""
+    run = _run(*TINY, "--mode", "eager", "--json", str(tmp_path / "eager.json"))
+    assert run.returncode == 0, run.stderr
+    res = json.loads((tmp_path / "eager.json").read_text())
+    ours = sum(p["gflop_per_step"] for p in res["products"] if p["gflop_per_step"] is not None)
+
+    torch.set_num_threads(1)
+    step, _ = build_step("linear_attention", {}, 1, 16, compile=False)
+    step()  # as the script does: the optimizer's state exists before the counted step
+    with FlopCounterMode(display=False) as counter:
+        step()
+    counts = counter.get_flop_counts()["Global"]
+    theirs = sum(v for k, v in counts.items() if str(k).split(".")[-1] in ("mm", "bmm", "addmm", "baddbmm"))
+    assert theirs > 0
+    assert abs(ours * 1e9 - theirs) <= 1e-6 * theirs
+
+    groups = res["groups"]
+    assert groups["matrix products"]["ms"] > 0 and groups["other ATen ops"]["ms"] > 0
+    assert groups["inductor's kernels"]["ops"] == 0  # nothing was compiled
+    times = [r["ms_per_step"] for r in res["ops"]]
+    assert times == sorted(times, reverse=True)
+    assert "where the time goes" in run.stdout and "ATen ops by input shapes" in run.stdout
+
+
+def test_a_compiled_step_is_seen_kernel_by_kernel(tmp_path):
+    run = _run(*TINY, "--cache", str(tmp_path / "cache"), "--json", str(tmp_path / "compiled.json"))
+    assert run.returncode == 0, run.stderr
+    res = json.loads((tmp_path / "compiled.json").read_text())
+    kernels = [r for r in res["ops"] if r["group"] == "inductor's kernels"]
+    assert kernels and all("cpp_fused" in r["op"] for r in kernels)
+    assert res["groups"]["inductor's kernels"]["ms"] > 0
+    assert res["groups"]["compiled-graph wrappers"]["ops"] >= 1
+    assert res["groups"]["matrix products"]["ms"] > 0
+    assert f"{len(kernels)} kernels" in run.stdout
+
+
+def test_bad_arguments_and_specs_are_clear_errors(tmp_path):
+    for args, says in ((("linear_attention", "--steps", "0"), "--steps 0"),
+                       (("linear_attention", "--loops", "sideways"), "--loops sideways")):
+        run = _run(*args, timeout=120)
+        assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr
+    bad = tmp_path / "typo.nest"
+    bad.write_text("model typo {\n  box m : nonsense\n}\n")
+    run = _run(str(bad), timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "typo.nest" in run.stderr and "Traceback" not in run.stderr
