@@ -270,10 +270,14 @@ def delta_rule_step(
     rhs = torch.cat([v.unsqueeze(2), start[..., None] * state_keys.unsqueeze(2)], dim=-1)
     solved = _solve_unit_lower(lower, rhs)
     pseudo = (solved[..., :d_v] - solved[..., d_v:])[:, :, 0]  # W = U - M S_0ᵀ   [B, H, T, Dv]
-    state_t = initial_state.transpose(-1, -2)  # S_0ᵀ [B, H, Dk, Dv]
-    if decay is not None:
-        state_t = decay.total()[..., None, None][:, :, 0] * state_t
-    return _plus_low_rank(state_t, end[:, :, 0].transpose(-1, -2), pseudo).transpose(-1, -2)
+    # S_C = Γ_C S_0 + Wᵀ K̃, formed in the state's own [Dv, Dk] layout rather than as a
+    # transposed view of S_Cᵀ: a deep memory carries this state from chunk to chunk, and a
+    # transposed result costs a transposing copy of the whole state at every chunk (loop mode
+    # "call" makes each carried state contiguous; inductor wrote such copies in "unroll" too).
+    # Compiled Hope's steps took 1.074× (call mode) and 1.108× (unroll) as long the transposed
+    # way: medians of alternating A/B rounds, benchmarks/results/amd_epyc/profile/README.md
+    carried = initial_state if decay is None else decay.total()[..., None, None][:, :, 0] * initial_state
+    return _plus_low_rank(carried, pseudo.transpose(-1, -2), end[:, :, 0])
 
 
 def _autocast_on(x: Tensor) -> bool:
@@ -314,8 +318,8 @@ def _system(k_c: Tensor, b_c: Tensor, decay: "_ChunkDecay | None", strict: Tenso
 
 
 def _plus_low_rank(carried: Tensor, k_t: Tensor, w: Tensor) -> Tensor:
-    """carried + K̃ᵀ W, as one fused batched product: carried [..., Dk, Dv], k_t (K̃ᵀ) [..., Dk, C],
-    w [..., C, Dv]."""
+    """carried + k_t w, as one fused batched product: carried [..., R, S], k_t [..., R, C], w
+    [..., C, S] (in the chunk loop: a [Dk, Dv] state plus K̃ᵀ W)."""
     flat = (-1,) + carried.shape[-2:]
     return torch.baddbmm(carried.reshape(flat), k_t.reshape((-1,) + k_t.shape[-2:]),
                          w.reshape((-1,) + w.shape[-2:])).reshape(carried.shape)

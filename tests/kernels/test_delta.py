@@ -175,3 +175,17 @@ def test_one_chunk_step_second_order_gradients():
     names = list(inputs)
     assert torch.autograd.gradgradcheck(lambda *t: _step_with_reads(**dict(zip(names, t))),
                                         tuple(inputs.values()))
+
+
+@pytest.mark.parametrize("use_g", [False, True], ids=["no decay", "decay"])
+def test_one_chunk_step_returns_the_state_in_its_own_layout(use_g):
+    """A deep memory carries this state from chunk to chunk, and loop mode "call" makes every
+    carried state contiguous, so a state returned as a transposed view would be copied (and
+    transposed) once per chunk: the new state comes back contiguous like the one it came from,
+    in the forward and in the gradient it sends back to S_0."""
+    inputs = make_inputs(2, 3, 8, 16, 24, torch.float32, use_g=use_g, decay=0.5)
+    inputs.pop("q")
+    state = _step_with_reads(**inputs)
+    assert state.shape == inputs["initial_state"].shape and state.is_contiguous()
+    state.sum().backward()
+    assert inputs["initial_state"].grad.is_contiguous()
