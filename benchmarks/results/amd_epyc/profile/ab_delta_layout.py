@@ -1,0 +1,87 @@
+"""A/B of delta_rule_step's output layout on compiled Hope, in one process, steps alternating.
+
+    python benchmarks/results/amd_epyc/profile/ab_delta_layout.py [call|unroll]
+
+"main" is a362a88's delta_rule_step (the new state as a transposed view of S_Cᵀ), "own_layout"
+the version that landed after it (S_C formed in its own [Dv, Dk] layout). Both are written out
+here, so the script keeps measuring the same pair after the repo moves on. Each variant gets a
+model of its own and its compiled graphs; then the two step in turn, eight rounds, the order
+flipped every round, so that a drift of the machine weighs on both alike. The first round is
+left out of the medians.
+"""
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
+import nestc.runtime.memory as mem
+from nestc.runtime.kernels import delta as D
+from nestc.runtime.bench import build_step
+torch.set_num_threads(2)
+loops = sys.argv[1] if len(sys.argv) > 1 else "call"  # nestc loop mode
+
+def transposed(k, v, b, log_g, initial_state, state_keys):  # a362a88's delta_rule_step
+    batch, heads, length, d_k = k.shape
+    d_v = v.shape[-1]
+    k_c = k.unsqueeze(2)
+    b_c = b.expand(batch, heads, length).unsqueeze(2)
+    idx = torch.arange(length, device=k.device)
+    strict = idx[:, None] > idx[None, :]
+    decay = None if log_g is None else D._ChunkDecay(log_g.expand(batch, heads, length).unsqueeze(2))
+    lower = D._system(k_c, b_c, decay, strict)
+    start = b_c if decay is None else b_c * decay.prev_from_start()
+    end = k_c if decay is None else k_c * decay.end_minus()[..., None]
+    rhs = torch.cat([v.unsqueeze(2), start[..., None] * state_keys.unsqueeze(2)], dim=-1)
+    solved = D._solve_unit_lower(lower, rhs)
+    pseudo = (solved[..., :d_v] - solved[..., d_v:])[:, :, 0]
+    state_t = initial_state.transpose(-1, -2)
+    if decay is not None:
+        state_t = decay.total()[..., None, None][:, :, 0] * state_t
+    return D._plus_low_rank(state_t, end[:, :, 0].transpose(-1, -2), pseudo).transpose(-1, -2)
+orig = transposed
+
+def own_layout(k, v, b, log_g, initial_state, state_keys):
+    batch, heads, length, d_k = k.shape
+    d_v = v.shape[-1]
+    k_c = k.unsqueeze(2)
+    b_c = b.expand(batch, heads, length).unsqueeze(2)
+    idx = torch.arange(length, device=k.device)
+    strict = idx[:, None] > idx[None, :]
+    decay = None if log_g is None else D._ChunkDecay(log_g.expand(batch, heads, length).unsqueeze(2))
+    lower = D._system(k_c, b_c, decay, strict)
+    start = b_c if decay is None else b_c * decay.prev_from_start()
+    end = k_c if decay is None else k_c * decay.end_minus()[..., None]
+    rhs = torch.cat([v.unsqueeze(2), start[..., None] * state_keys.unsqueeze(2)], dim=-1)
+    solved = D._solve_unit_lower(lower, rhs)
+    pseudo = (solved[..., :d_v] - solved[..., d_v:])[:, :, 0]
+    carried = initial_state if decay is None else decay.total()[..., None, None][:, :, 0] * initial_state
+    return D._plus_low_rank(carried, pseudo.transpose(-1, -2), end[:, :, 0])
+
+# same result first (eager, random inputs)
+torch.manual_seed(0)
+B, H, T, dk, dv = 2, 3, 8, 16, 12
+k = torch.nn.functional.normalize(torch.randn(B, H, T, dk), dim=-1); v = torch.randn(B, H, T, dv)
+b = torch.rand(B, H, T); lg = -torch.rand(B, H, T) * 0.1; S0 = torch.randn(B, H, dv, dk)
+pres = S0 @ k.transpose(-1, -2)
+pres = pres.transpose(-1, -2)
+print("max diff", float((orig(k, v, b, lg, S0, pres) - own_layout(k, v, b, lg, S0, pres)).abs().max()))
+
+variants = {"main": orig, "own_layout": own_layout}
+steps = {}
+for name, fn in variants.items():
+    mem.delta_rule_step = fn
+    step, _ = build_step("hope", {}, 4, 128, compile=True, loops=loops)
+    t0 = time.perf_counter(); step(); print(name, "first step", round(time.perf_counter() - t0, 1), "s", flush=True)
+    steps[name] = step
+times = {n: [] for n in variants}
+for r in range(8):
+    for name in (variants if r % 2 == 0 else list(variants)[::-1]):
+        mem.delta_rule_step = variants[name]
+        t0 = time.perf_counter(); steps[name](); times[name].append(time.perf_counter() - t0)
+for n, ts in times.items():
+    print(n, "median ms %.0f" % (1e3 * statistics.median(ts[1:])), "all", [round(1e3 * t) for t in ts])
+pairs = [a / b for a, b in zip(times["main"][1:], times["own_layout"][1:])]
+print("main/own_layout per round:", [round(p, 3) for p in pairs], "median", round(statistics.median(pairs), 3))
