@@ -28,7 +28,6 @@ def test_eager_matrix_product_flops_match_torchs_flop_counter(tmp_path):
     res = json.loads((tmp_path / "eager.json").read_text())
     ours = sum(p["gflop_per_step"] for p in res["products"] if p["gflop_per_step"] is not None)
 
-    torch.set_num_threads(1)
     step, _ = build_step("linear_attention", {}, 1, 16, compile=False)
     step()  # as the script does: the optimizer's state exists before the counted step
     with FlopCounterMode(display=False) as counter:
