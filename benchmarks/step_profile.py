@@ -20,11 +20,11 @@ Every op's self time (its time minus the ops it called) lands in one of these gr
   its ATen ops count above) and other named regions.
 What the profiler saw on no op (the step's own Python, the optimizer's loop) is the remainder
 of the step's wall time. The profiler adds a cost to every op, so the profiled step is slower
-than the unprofiled one; both are printed. Where the step is many small ops (eager Hope: 9.4 s
-profiled against 5.2 s), the small ops' times are inflated, and so is their share: measured on
-its own (call by call, without the profiler), a bmm shape of eager Hope that the profiler put
-at 5.4 ms per call took 0.4 ms.
-With shapes recorded, an eager step costs the profiler gigabytes of memory (Hope: about 7 GB
+than the unprofiled one; both are printed. Where the step is many small ops (eager Hope: 10.1 s
+profiled against 3.8 s), the small ops' times are inflated, and so is their share: a bmm shape of
+eager Hope that the profiler put at 3.5 ms per call took 0.3 ms timed call by call without it
+(benchmarks/results/amd_epyc/profile/hope_eager.txt and bmm_timed_calls.txt).
+With shapes recorded, an eager step costs the profiler gigabytes of memory (Hope: 7.2 GB peak
 for one step), so keep --steps small there.
 """
 
