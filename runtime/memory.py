@@ -121,6 +121,43 @@ def mlp_apply(shape: MLPShape, weights: list, x: Tensor) -> Tensor:
     return a + x if shape.residual else a
 
 
+def mlp_forward(shape: MLPShape, weights: list, x: Tensor, extra: tuple[Tensor, ...] = ()):
+    """The memory's forward at `weights` for tokens x, keeping what the closed-form backward
+    needs: (pred, each layer's input, each layer's pre-activation), all [B,H,N,.].
+
+    `extra` token blocks [B,H,N_i,d_in] go through the same products as x (concatenated along
+    the tokens), and their outputs come back as a fourth item: reads of one state at several
+    inputs then pass over the state once, not once per input (a chunk of self-modifying Hope
+    reads its memory at the keys and at the self-generated values' inputs)."""
+    if extra:
+        sizes = [x.shape[2]] + [t.shape[2] for t in extra]
+        pred, acts, pres, _ = mlp_forward(shape, weights, torch.cat([x, *extra], dim=2))
+        n = sizes[0]
+        firsts = lambda ts: [t[:, :, :n] for t in ts]  # noqa: E731  (the key tokens' part)
+        return pred[:, :, :n], firsts(acts), firsts(pres), list(pred[:, :, n:].split(sizes[1:], dim=2))
+    acts, pres = [x], []
+    a = x
+    for i, w in enumerate(weights):
+        z = _times(w, a)
+        pres.append(z)
+        a = _act(shape.act, z) if i < len(weights) - 1 else z
+        if i < len(weights) - 1:
+            acts.append(a)
+    return (a + x if shape.residual else a), acts, pres, []
+
+
+def mlp_backward(shape: MLPShape, weights: list, acts: list, pres: list, delta: Tensor):
+    """Per layer (a, delta): the layer's input and the gradient of the token's objective w.r.t.
+    the layer's output, from `mlp_forward`'s acts and pres and delta = d objective / d pred."""
+    per_layer: list[tuple[Tensor, Tensor]] = []
+    for i in range(len(weights) - 1, -1, -1):
+        per_layer.append((acts[i], delta))
+        if i > 0:
+            delta = _times_t(weights[i], delta) * _act_grad(shape.act, pres[i - 1])
+    per_layer.reverse()
+    return per_layer
+
+
 def mlp_layer_grads(shape: MLPShape, weights: list, x: Tensor,
                     out_grad: Callable[[Tensor], Tensor]):
     """Forward at `weights`, then backward of the per-token objective in closed form.
@@ -130,23 +167,24 @@ def mlp_layer_grads(shape: MLPShape, weights: list, x: Tensor,
     token's gradient w.r.t. that layer's weights is delta_t a_tᵀ, and the layers' pre-activations
     z_t = W a_t [B,H,N,out] (what DGD's delta rule reads at its keys).
     """
-    acts, pres = [x], []
-    a = x
-    for i, w in enumerate(weights):
-        z = _times(w, a)
-        pres.append(z)
-        a = _act(shape.act, z) if i < len(weights) - 1 else z
-        if i < len(weights) - 1:
-            acts.append(a)
-    pred = a + x if shape.residual else a
-    delta = out_grad(pred)
-    per_layer: list[tuple[Tensor, Tensor]] = []
-    for i in range(len(weights) - 1, -1, -1):
-        per_layer.append((acts[i], delta))
-        if i > 0:
-            delta = _times_t(weights[i], delta) * _act_grad(shape.act, pres[i - 1])
-    per_layer.reverse()
-    return pred, per_layer, pres
+    pred, acts, pres, _ = mlp_forward(shape, weights, x)
+    return pred, mlp_backward(shape, weights, acts, pres, out_grad(pred)), pres
+
+
+class SelfValues:
+    """Self-generated values v̂ = M(x) (NL Eq. 84): the memory's own output, at the state its
+    gradients are taken at, for the inputs x [B,H,T,d_in] (`stop`: no gradient through v̂).
+
+    The code generator passes this instead of a function of the weights when `values` is M(e)
+    or stop_grad(M(e)). The memory then reads x in the same products as its keys
+    (`mlp_forward`'s extra tokens), and a chunk loop traced as a scan cuts x into chunks as it
+    cuts the keys (a function of the weights cannot be told which chunk it is in there)."""
+
+    def __init__(self, inputs: Tensor, stop: bool = False):
+        self.inputs, self.stop = inputs, stop
+
+    def chunk(self, s: int, e: int) -> "SelfValues":
+        return SelfValues(self.inputs[:, :, s:e], self.stop)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,20 +451,48 @@ class DeepMemory(nn.Module):
         ws = [w.unsqueeze(0).expand(query.shape[0], *w.shape) for w in self._inits()]
         return self.apply(ws, query)
 
+    def _inner(self, W: list, k: Tensor, target, grad: Callable, query: Tensor | None = None):
+        """One segment's inner forward and closed-form backward at weights W: (prediction at
+        the keys, per layer (a, delta), the keys' pre-activations, the read at `query` or None).
+
+        `target`: the segment's target tensor, its `SelfValues`, or a function of the weights;
+        `grad(pred, target)`: d objective / d pred. Self-generated values' inputs and `query`
+        go through the keys' products (one pass over the state for all of them)."""
+        extra = [t for t in ((target.inputs if isinstance(target, SelfValues) else None), query) if t is not None]
+        pred, acts, pres, outs = mlp_forward(self.s.shape, W, k, tuple(extra))
+        if isinstance(target, SelfValues):
+            tgt = outs.pop(0)
+            tgt = tgt.detach() if target.stop else tgt
+        else:
+            tgt = target(W) if callable(target) else target
+        layers = mlp_backward(self.s.shape, W, acts, pres, grad(pred, tgt))
+        if self.s.grad == "stop":
+            layers = [(a.detach(), d.detach()) for a, d in layers]
+        return pred, layers, pres, (outs[0] if query is not None else None)
+
+    @staticmethod
+    def _segment_target(target, s: int, e: int):
+        """The target of tokens s:e (a function of the weights stays one, told the span)."""
+        if isinstance(target, SelfValues):
+            return target.chunk(s, e)
+        if callable(target):
+            return lambda W: target(W, s, e)
+        return target[:, :, s:e]
+
     # -- processing --
     def forward(self, state: dict, *, keys: Tensor, target, lr=1.0, gate=None, beta=None,
                 query: Tensor | None = None, out_grad: Callable, flush: bool = False):
         """Process T tokens; returns (read output [B,H,T,d_out] or None, new state).
 
-        keys [B,H,T,d_in]; target [B,H,T,d_out] or a callable (weights, s, e) -> target for
-        self-generated values; lr, gate, beta: [B,H,T] or constants; query [B,H,T,d_in] (read
+        keys [B,H,T,d_in]; target [B,H,T,d_out], `SelfValues` (v̂ = M(e)), or a callable
+        (weights, s, e) -> target for other self-generated values; lr, gate, beta: [B,H,T] or constants; query [B,H,T,d_in] (read
         with the committed state, or the updated one for `read after` at period 1).
         """
         T = keys.shape[2]
         if self.s.grad_state == "call_start":
             if self._can_parallel(state, T):
                 return self._parallel(state, keys, target, lr, gate, beta, query, out_grad)
-        elif self._can_scan(state, T, flush):
+        elif self._can_scan(state, T, flush, target):
             return self._scan(state, keys, target, lr, gate, beta, query, out_grad)
         elif self._can_dual(state, T):
             return self._dual(state, keys, target, lr, gate, query, out_grad)
@@ -438,13 +504,16 @@ class DeepMemory(nn.Module):
             W = state["W"]
             Wg = W if self.s.grad_state == "chunk_start" else W_call
             k = keys[:, :, s:e]
-            tgt = target(Wg, s, e) if callable(target) else target[:, :, s:e]
-            pred, layers, pres = mlp_layer_grads(self.s.shape, Wg, k, lambda p: out_grad(p, tgt, s, e))
-            if query is not None and self.s.read == "before":
-                # queries that are the keys (codegen passes one tensor) read what the inner forward computed
-                outs.append(pred if query is keys and Wg is W else self.apply(W, query[:, :, s:e]))
-            if self.s.grad == "stop":
-                layers = [(a.detach(), d.detach()) for a, d in layers]
+            # queries that are the keys (codegen passes one tensor) read what the inner forward
+            # computes; other queries read W in the same products when the gradients are taken at W
+            reads = query is not None and self.s.read == "before"
+            shared = reads and query is not keys and Wg is W
+            pred, layers, pres, read = self._inner(Wg, k, self._segment_target(target, s, e),
+                                                   lambda p, t: out_grad(p, t, s, e),
+                                                   query[:, :, s:e] if shared else None)
+            if reads:
+                outs.append(read if shared else pred if query is keys and Wg is W
+                            else self.apply(W, query[:, :, s:e]))
             state = self._advance(state, layers, _slice_time(lr, s, e), _slice_time(gate, s, e),
                                   _slice_time(beta, s, e), pres=self._reusable(state, Wg, pres))
             state = _after_segment(state, e - s, self.s.period, completes, flush and e == T,
@@ -482,12 +551,12 @@ class DeepMemory(nn.Module):
         W, outs = list(w0), []
         for s in range(0, T, c):
             e = s + c
-            tgt = target(W, s, e) if callable(target) else target[:, :, s:e]
-            pred, layers, _ = mlp_layer_grads(self.s.shape, W, keys[:, :, s:e], lambda p: out_grad(p, tgt, s, e))
-            if self.s.grad == "stop":
-                layers = [(a.detach(), d.detach()) for a, d in layers]
+            shared = query is not None and query is not keys
+            pred, layers, _, read = self._inner(W, keys[:, :, s:e], self._segment_target(target, s, e),
+                                                lambda p, t: out_grad(p, t, s, e),
+                                                query[:, :, s:e] if shared else None)
             if query is not None:
-                outs.append(pred if query is keys else self.apply(W, query[:, :, s:e]))
+                outs.append(read if shared else pred)
             for i, (a, d) in enumerate(layers):
                 u = theta[:, :, s:e, None] * d
                 A[i] = a if A[i] is None else torch.cat([A[i], a], dim=2)
@@ -528,10 +597,8 @@ class DeepMemory(nn.Module):
         c = self.s.period
         n = T // c
         W0 = state["W"]
-        tgt = target(W0, 0, T) if callable(target) else target
-        _, layers, _ = mlp_layer_grads(self.s.shape, W0, keys, lambda p: out_grad(p, tgt, 0, T))
-        if self.s.grad == "stop":
-            layers = [(a.detach(), d.detach()) for a, d in layers]
+        _, layers, _, _ = self._inner(W0, keys, self._segment_target(target, 0, T),
+                                      lambda p, t: out_grad(p, t, 0, T))
 
         def per_chunk(x):  # [B, H, T, ...] -> [B, H * N, C, ...]: each chunk a batch item
             return x.reshape(b, h * n, c, *x.shape[3:])
@@ -592,15 +659,17 @@ class DeepMemory(nn.Module):
         return out, new_state
 
     # -- the chunk loop as one traced body (torch.compile) --
-    def _can_scan(self, state: dict, T: int, flush: bool) -> bool:
+    def _can_scan(self, state: dict, T: int, flush: bool, target) -> bool:
         """Under torch.compile in loop mode "scan" (nestc.runtime.ops.set_loop_mode), a stream of
         whole chunks from a chunk boundary runs as a scan: the loop body is traced once instead
         of once per chunk. Eager runs keep the plain loop, which also serves the audit recorder,
-        flushes and resets."""
+        flushes and resets. So does a target given as a function of the weights and the span
+        (s, e): inside a scan the span is not a Python int, and the function would read the
+        first chunk's inputs at every chunk (self-generated values come as `SelfValues`)."""
         from .ops import loop_mode
 
         return (torch.compiler.is_compiling() and loop_mode() == "scan" and not flush
-                and self._whole_chunks(state, T))
+                and self._whole_chunks(state, T) and not callable(target))
 
     def _whole_chunks(self, state: dict, T: int) -> bool:
         """What the scan and the dual form both need: a call of whole chunks (more than one) from
@@ -621,7 +690,8 @@ class DeepMemory(nn.Module):
                 return None
             return x.reshape(b, h, T // c, c, *x.shape[3:]).movedim(2, 0)
 
-        xs = {"k": chunks(keys), "t": None if callable(target) else chunks(target),
+        self_values = isinstance(target, SelfValues)
+        xs = {"k": chunks(keys), "t": chunks(target.inputs if self_values else target),
               "lr": chunks(lr), "gate": chunks(gate), "beta": chunks(beta),
               "q": chunks(query)}
         xs = {k: v for k, v in xs.items() if v is not None}
@@ -629,10 +699,8 @@ class DeepMemory(nn.Module):
 
         def body(carry, x):
             W = list(carry["W"])
-            tgt = target(W, 0, c) if callable(target) else x["t"]
-            _, layers, pres = mlp_layer_grads(self.s.shape, W, x["k"], lambda p: out_grad(p, tgt, 0, c))
-            if self.s.grad == "stop":
-                layers = [(a.detach(), d.detach()) for a, d in layers]
+            tgt = SelfValues(x["t"], target.stop) if self_values else x["t"]
+            _, layers, pres, _ = self._inner(W, x["k"], tgt, lambda p, t: out_grad(p, t, 0, c))
             st = {"W": W, "M": W, "offset": 0, "pos": 0}
             if momentum:
                 st["S"] = list(carry["S"])

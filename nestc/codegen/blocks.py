@@ -409,6 +409,13 @@ class BlockGen:
         if isinstance(target, ir.Name) and target.id == "v":
             if values_lss:
                 return f"R.heads(ctx.signal({b.qualname!r}), {b.heads})"
+            own = _own_output(b.values)
+            if own is not None:  # v̂ = M(e): the memory reads e alongside its keys
+                inputs, stop = own
+                em = ExprEmitter(self.p, self.sites, self.inits,
+                                 {n: f"R.heads({v}, {b.heads})" for n, v in ref.gen.items()}, "heads",
+                                 where=f"{b.name}_target")
+                return f"mem.SelfValues({em.emit(inputs)}, stop={stop})"
             if values_m:
                 fn = f"{b.name}_target"
                 hnames = {n: f"R.heads({v}, {b.heads})[:, :, s:e]" for n, v in ref.gen.items()}
@@ -676,7 +683,13 @@ class BlockGen:
         lead_attr = lead.attr
         lead.attr = group.attr  # the stacked module applies the stacked weights
         values_m = b.values is not None and _mentions_m(b.values)
-        if values_m:
+        own = _own_output(b.values) if values_m else None
+        if own is not None:  # v̂ = M(e) for each stacked memory: read alongside the keys
+            inputs, stop = own
+            em = ExprEmitter(self.p, self.sites, self.inits, {k: rep(v) for k, v in lead.gen.items()}, "heads",
+                             where=f"{group.attr}_target")
+            target = f"mem.SelfValues({em.emit(inputs)}, stop={stop})"
+        elif values_m:
             fn = f"{group.attr}_target"
             hnames = {k: f"{rep(v)}[:, :, s:e]" for k, v in lead.gen.items()}
             em = ExprEmitter(self.p, self.sites, self.inits, hnames, "heads", where=fn)
@@ -745,6 +758,18 @@ class BlockGen:
 
 def _mentions_m(e: ir.Expr) -> bool:
     return any(c.func == "M" for c in ir.calls_in(e))
+
+
+def _own_output(values: ir.Expr | None) -> tuple[ir.Expr, bool] | None:
+    """(e, stop) when `values` is M(e) or stop_grad(M(e)) with e free of M: self-generated values
+    the runtime takes as `mem.SelfValues(e)`; None for any other expression (a function of the
+    weights then)."""
+    stop = isinstance(values, ir.Call) and values.func == "stop_grad" and len(values.args) == 1
+    inner = values.args[0] if stop else values
+    if (isinstance(inner, ir.Call) and inner.func == "M" and len(inner.args) == 1 and not inner.kwargs
+            and not _mentions_m(inner.args[0])):
+        return inner.args[0], stop
+    return None
 
 
 def _mentions_lss(e: ir.Expr) -> bool:

@@ -50,8 +50,8 @@ def test_parallel_form_equals_the_chunk_loop(optimizer, gated, dims, act, residu
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert (s1["offset"], s1["pos"]) == (s2["offset"], s2["pos"]) == (0, T)
     for a, b in zip(g1, g2):
-        if b is None:
-            assert a is None or a.abs().max() == 0
+        if a is None or b is None:  # an input read in the same products as a used one gets zeros
+            assert all(g is None or g.abs().max() == 0 for g in (a, b))
             continue
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
