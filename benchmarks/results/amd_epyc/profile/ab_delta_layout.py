@@ -9,7 +9,6 @@ model of its own and its compiled graphs; then the two step in turn, eight round
 flipped every round, so that a drift of the machine weighs on both alike. The first round is
 left out of the medians.
 """
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # benchmarks/
+from ab_rounds import alternating_rounds, print_rounds
 import nestc.runtime.memory as mem
 from nestc.runtime.kernels import delta as D
 from nestc.runtime.bench import build_step
@@ -71,12 +72,10 @@ for name, fn in variants.items():
     step, _ = build_step("hope", {}, 4, 128, compile=True, loops=loops)
     t0 = time.perf_counter(); step(); print(name, "first step", round(time.perf_counter() - t0, 1), "s", flush=True)
     steps[name] = step
-times = {n: [] for n in variants}
-for r in range(8):
-    for name in (variants if r % 2 == 0 else list(variants)[::-1]):
-        mem.delta_rule_step = variants[name]
-        t0 = time.perf_counter(); steps[name](); times[name].append(time.perf_counter() - t0)
-for n, ts in times.items():
-    print(n, "median ms %.0f" % (1e3 * statistics.median(ts[1:])), "all", [round(1e3 * t) for t in ts])
-pairs = [a / b for a, b in zip(times["main"][1:], times["own_layout"][1:])]
-print("main/own_layout per round:", [round(p, 3) for p in pairs], "median", round(statistics.median(pairs), 3))
+
+
+def select(name):
+    mem.delta_rule_step = variants[name]
+
+
+print_rounds(alternating_rounds(steps, select), 'main', 'own_layout')
