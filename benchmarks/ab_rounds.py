@@ -1,13 +1,15 @@
 """Alternating A/B rounds of two training steps in one process, for claims of "A is faster than
 B" on a VM whose speed drifts by 10% and more within minutes: the two step in turn, the order
 flipped every round, so that a drift weighs on both alike. Used by the A/B scripts under
-benchmarks/results/."""
+benchmarks/results/, which swap the code under test by a `select(name)` of their own; this
+module also has what they share around the rounds: the eager check that the variants compute
+the same numbers, and each variant's compiled Hope step."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 
 def alternating_rounds(steps: dict[str, Callable[[], object]], select: Callable[[str], None],
@@ -32,3 +34,46 @@ def print_rounds(times: dict[str, list[float]], slower: str, faster: str) -> Non
         print(name, "median ms %.0f" % (1e3 * statistics.median(ts[1:])), "all", [round(1e3 * t) for t in ts])
     pairs = [a / b for a, b in zip(times[slower][1:], times[faster][1:])]
     print(f"{slower}/{faster} per round:", [round(p, 3) for p in pairs], "median", round(statistics.median(pairs), 3))
+
+
+def same_numbers(names: Iterable[str], select: Callable[[str], None], spec: str = "hope",
+                 overrides: dict | None = None) -> None:
+    """Print the loss and the largest gradient difference of two variants: one eager step each,
+    on the same weights and batch (one layer by default). Gradients, not trained weights: an
+    optimizer step would hide them (Adam divides round-off in near-zero gradients by their size)."""
+    import torch
+
+    import nestc
+    from nestc.runtime.train import make_loss_fns, signals
+
+    overrides = {"n_layers": "1"} if overrides is None else overrides
+    runs = []
+    for name in names:
+        select(name)
+        torch.manual_seed(0)
+        model = nestc.compile(spec, overrides).model(vocab=256)
+        fns = make_loss_fns(model)
+        x, y = torch.randint(0, 256, (2, 128)), torch.randint(0, 256, (2, 128))
+        loss = fns.main(x, y, signals(model, fns, x, y))
+        loss.backward()
+        runs.append((float(loss.detach()), [p.grad for p in model.parameters() if p.grad is not None]))
+    (l1, g1), (l2, g2) = runs
+    print("eager, 1 layer: losses", l1, l2, "largest gradient difference relative to that gradient's largest entry",
+          f"{max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(g1, g2)):.1e}", flush=True)
+
+
+def compiled_steps(names: Iterable[str], select: Callable[[str], None], loops: str,
+                   spec: str = "hope") -> dict[str, Callable[[], object]]:
+    """Each variant's compiled training step (its own model and graphs, `nestc bench`'s step at
+    batch 4 x 128), compiled by a first step whose time is printed."""
+    from nestc.runtime.bench import build_step
+
+    steps = {}
+    for name in names:
+        select(name)
+        step, _ = build_step(spec, {}, 4, 128, compile=True, loops=loops)
+        t0 = time.perf_counter()
+        step()
+        print(name, "first step", round(time.perf_counter() - t0, 1), "s", flush=True)
+        steps[name] = step
+    return steps

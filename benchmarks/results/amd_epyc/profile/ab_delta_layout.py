@@ -10,19 +10,16 @@ flipped every round, so that a drift of the machine weighs on both alike. The fi
 left out of the medians.
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # benchmarks/
-from ab_rounds import alternating_rounds, print_rounds
+from ab_rounds import alternating_rounds, compiled_steps, print_rounds
 import nestc.runtime.memory as mem
 from nestc.runtime.kernels import delta as D
-from nestc.runtime.bench import build_step
 torch.set_num_threads(2)
-loops = sys.argv[1] if len(sys.argv) > 1 else "call"  # nestc loop mode
 
 def _chunk_solve(k, v, b, log_g, state_keys):
     """What both versions share: the chunk's decay, W = U - M S_0ᵀ [B, H, T, Dv] and K̃ [B, H, T, Dk]."""
@@ -56,26 +53,22 @@ def own_layout(k, v, b, log_g, initial_state, state_keys):  # the version that l
     return D._plus_low_rank(carried, pseudo.transpose(-1, -2), end)
 
 
-# same result first (eager, random inputs)
-torch.manual_seed(0)
-B, H, T, dk, dv = 2, 3, 8, 16, 12
-k = torch.nn.functional.normalize(torch.randn(B, H, T, dk), dim=-1); v = torch.randn(B, H, T, dv)
-b = torch.rand(B, H, T); lg = -torch.rand(B, H, T) * 0.1; S0 = torch.randn(B, H, dv, dk)
-pres = S0 @ k.transpose(-1, -2)
-pres = pres.transpose(-1, -2)
-print("max diff", float((transposed(k, v, b, lg, S0, pres) - own_layout(k, v, b, lg, S0, pres)).abs().max()))
-
-variants = {"main": transposed, "own_layout": own_layout}
-steps = {}
-for name, fn in variants.items():
-    mem.delta_rule_step = fn
-    step, _ = build_step("hope", {}, 4, 128, compile=True, loops=loops)
-    t0 = time.perf_counter(); step(); print(name, "first step", round(time.perf_counter() - t0, 1), "s", flush=True)
-    steps[name] = step
-
-
 def select(name):
     mem.delta_rule_step = variants[name]
 
 
-print_rounds(alternating_rounds(steps, select), 'main', 'own_layout')
+variants = {"main": transposed, "own_layout": own_layout}
+
+if __name__ == "__main__":  # benchmarks/results/amd_epyc/one_rhs/ab_one_rhs.py imports own_layout
+    # same result first (eager, random inputs)
+    torch.manual_seed(0)
+    B, H, T, dk, dv = 2, 3, 8, 16, 12
+    k = torch.nn.functional.normalize(torch.randn(B, H, T, dk), dim=-1); v = torch.randn(B, H, T, dv)
+    b = torch.rand(B, H, T); lg = -torch.rand(B, H, T) * 0.1; S0 = torch.randn(B, H, dv, dk)
+    pres = S0 @ k.transpose(-1, -2)
+    pres = pres.transpose(-1, -2)
+    print("max diff", float((transposed(k, v, b, lg, S0, pres) - own_layout(k, v, b, lg, S0, pres)).abs().max()))
+
+    loops = sys.argv[1] if len(sys.argv) > 1 else "call"  # nestc loop mode
+    steps = compiled_steps(variants, select, loops)
+    print_rounds(alternating_rounds(steps, select), 'main', 'own_layout')

@@ -12,18 +12,14 @@ left out of the medians. Before timing, one eager step of each on the same weigh
 checks that they compute the same loss and gradients.
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # benchmarks/
-from ab_rounds import alternating_rounds, print_rounds
-import nestc
+from ab_rounds import alternating_rounds, compiled_steps, print_rounds, same_numbers
 import nestc.runtime.memory as mem
-from nestc.runtime.bench import build_step
-from nestc.runtime.train import make_loss_fns, signals
 
 torch.set_num_threads(2)
 loops = sys.argv[1] if len(sys.argv) > 1 else "call"  # nestc loop mode
@@ -41,34 +37,11 @@ def function(self, W, k, target, grad, query=None):
 
 variants = {"function": function, "fused": fused}
 
-# the same numbers first: eager, one layer, the loss and every parameter's gradient of one
-# batch from the same weights (an optimizer step would hide them: Adam divides round-off in
-# near-zero gradients by their own size)
-runs = {}
-for name, fn in variants.items():
-    mem.DeepMemory._inner = fn
-    torch.manual_seed(0)
-    compiled = nestc.compile("hope", {"n_layers": "1"})
-    model = compiled.model(vocab=256)
-    fns = make_loss_fns(model)
-    x, y = torch.randint(0, 256, (2, 128)), torch.randint(0, 256, (2, 128))
-    loss = fns.main(x, y, signals(model, fns, x, y))
-    loss.backward()
-    runs[name] = (float(loss.detach()), [p.grad for p in model.parameters() if p.grad is not None])
-(l1, g1), (l2, g2) = runs.values()
-print("eager, 1 layer: losses", l1, l2, "largest gradient difference relative to that gradient's largest entry",
-      f"{max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(g1, g2)):.1e}", flush=True)
-
-steps = {}
-for name, fn in variants.items():
-    mem.DeepMemory._inner = fn
-    step, _ = build_step("hope", {}, 4, 128, compile=True, loops=loops)
-    t0 = time.perf_counter(); step(); print(name, "first step", round(time.perf_counter() - t0, 1), "s", flush=True)
-    steps[name] = step
-
 
 def select(name):
     mem.DeepMemory._inner = variants[name]
 
 
+same_numbers(variants, select)  # the same loss and gradients first (eager, one layer)
+steps = compiled_steps(variants, select, loops)
 print_rounds(alternating_rounds(steps, select), 'function', 'fused')
