@@ -244,12 +244,13 @@ def delta_rule_step(
     ``state_keys[t] = S_0 k_t`` ``[B, H, T, Dv]``: a deep memory's inner step has them, they are
     its layers' pre-activations at the chunk-start weights (DGD: the keys are the layers' inputs).
     Then :math:`M S_0^\top = (I + A)^{-1} \operatorname{diag}(b_t \Gamma_{t-1}) (K S_0^\top)`
-    is one more right-hand side of the solve, and the product :math:`M S_0^\top` (one full read
-    of the state per chunk) is not needed:
+    needs no product with the state (one full read of it per chunk), and by linearity the
+    pseudo-values are one solve with one right-hand side:
 
     .. math::
 
-        S_C^\top = \Gamma_C S_0^\top + \tilde K^\top (U - M S_0^\top).
+        W = U - M S_0^\top = (I + A)^{-1} \bigl(V - \operatorname{diag}(b_t \Gamma_{t-1})
+            (K S_0^\top)\bigr), \qquad S_C^\top = \Gamma_C S_0^\top + \tilde K^\top W.
 
     Shapes as :func:`delta_rule` (``b`` and ``log_g`` per token ``[B, H, T]``); returns
     ``[B, H, Dv, Dk]``. The gradient reaches ``S_0`` through ``state_keys`` too, so the caller
@@ -258,7 +259,6 @@ def delta_rule_step(
     if _autocast_on(k):
         return _in_float32(delta_rule_step, k, v, b, log_g, initial_state, state_keys)
     batch, heads, length, d_k = k.shape
-    d_v = v.shape[-1]
     k_c = k.unsqueeze(2)  # one chunk: [B, H, 1, T, Dk], the layout _ChunkDecay works in
     b_c = b.expand(batch, heads, length).unsqueeze(2)
     idx = torch.arange(length, device=k.device)
@@ -267,9 +267,10 @@ def delta_rule_step(
     lower = _system(k_c, b_c, decay, strict)
     start = b_c if decay is None else b_c * decay.prev_from_start()  # b_t Γ_{t-1}
     end = k_c if decay is None else k_c * decay.end_minus()[..., None]  # K̃
-    rhs = torch.cat([v.unsqueeze(2), start[..., None] * state_keys.unsqueeze(2)], dim=-1)
-    solved = _solve_unit_lower(lower, rhs)
-    pseudo = (solved[..., :d_v] - solved[..., d_v:])[:, :, 0]  # W = U - M S_0ᵀ   [B, H, T, Dv]
+    # W = U - M S_0ᵀ = (I + A)⁻¹ (V - diag(b_t Γ_{t-1}) K S_0ᵀ): with S_0 k_t given, the two
+    # right-hand sides combine before the solve, one of width Dv instead of two
+    rhs = v.unsqueeze(2) - start[..., None] * state_keys.unsqueeze(2)
+    pseudo = _solve_unit_lower(lower, rhs)[:, :, 0]  # [B, H, T, Dv]
     # S_C = Γ_C S_0 + Wᵀ K̃, formed in the state's own [Dv, Dk] layout rather than as a
     # transposed view of S_Cᵀ: a deep memory carries this state from chunk to chunk, and a
     # transposed result costs a transposing copy of the whole state at every chunk (loop mode
