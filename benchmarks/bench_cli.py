@@ -1,9 +1,11 @@
 """What the benchmark scripts that build a spec's training step share on the command line: the
-loop-mode check and a run in a chosen (or fresh) inductor cache, with a spec's errors printed as
-its diagnostics and exit code 2 rather than a traceback."""
+loop-mode check, a run in a chosen (or fresh) inductor cache, a spec's errors printed as its
+diagnostics and exit code 2 rather than a traceback, and the table printed and the results
+written as JSON at the end."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -23,13 +25,28 @@ def bad_loop_mode(script: str, loops: str) -> bool:
 def run_in_cache(script: str, spec: str, cache: str | None, prefix: str, measure: Callable[[], dict]) -> dict | None:
     """measure() with inductor's cache in `cache`, or in a temporary folder made empty for it;
     None, once the spec's diagnostics are printed, when the spec does not resolve."""
-    from nestc.diagnostics import NestError
-
     with tempfile.TemporaryDirectory(prefix=prefix) as fresh:
         # inductor reads its cache folder from the environment when it first needs it
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache or fresh
-        try:
-            return measure()
-        except NestError as err:
-            print(f"{script}: error in {spec}:\n{err.render_plain()}", file=sys.stderr)
-            return None
+        return with_spec_errors(script, spec, measure)
+
+
+def with_spec_errors(script: str, spec: str, measure: Callable[[], dict]) -> dict | None:
+    """measure(), or None once the spec's diagnostics are printed when the spec does not resolve."""
+    from nestc.diagnostics import NestError
+
+    try:
+        return measure()
+    except NestError as err:
+        print(f"{script}: error in {spec}:\n{err.render_plain()}", file=sys.stderr)
+        return None
+
+
+def report(text: str, res: dict, json_path: str | None) -> int:
+    """Print a script's table and, with --json, write its results atomically; exit code 0."""
+    print(text)
+    if json_path:
+        from nestc.atomic import write_text_atomic
+
+        write_text_atomic(json_path, json.dumps(res, indent=2) + "\n")
+    return 0

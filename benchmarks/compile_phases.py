@@ -16,11 +16,10 @@ step minus the second is the compile time `nestc bench` reports as cold.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
-from bench_cli import bad_loop_mode, run_in_cache  # benchmarks/, beside this script
+from bench_cli import bad_loop_mode, report, run_in_cache  # benchmarks/, beside this script
 
 # (timer name, label, depth): the pipeline in order, each child indented under its parent.
 # Backward graphs compile when the first backward runs, outside dynamo's frame compiles.
@@ -115,12 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                        lambda: measure(args.spec, args.batch, args.seq_len, args.loops, args.threads))
     if res is None:
         return 2
-    print(render(res))
-    if args.json:
-        from nestc.atomic import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps(res, indent=2) + "\n")
-    return 0
+    return report(render(res), res, args.json)
 
 
 if __name__ == "__main__":

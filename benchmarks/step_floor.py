@@ -22,14 +22,14 @@ beats. benchmarks/layer_floor.py does the same for the Titans layer of the peer 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from layer_floor import MM_SHAPES, mm_rate  # benchmarks/, beside this script
+from bench_cli import report, with_spec_errors  # benchmarks/, beside this script
+from layer_floor import MM_SHAPES, mm_rate
 
 PRODUCT_OPS = ("aten.mm", "aten.bmm", "aten.addmm", "aten.baddbmm")
 
@@ -128,12 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
 
-    from nestc.diagnostics import NestError
-
-    try:
-        counted = count_step(args.spec, overrides, args.batch, args.seq_len)
-    except NestError as err:
-        print(f"step_floor.py: error in {args.spec}:\n{err.render_plain()}", file=sys.stderr)
+    counted = with_spec_errors("step_floor.py", args.spec,
+                               lambda: count_step(args.spec, overrides, args.batch, args.seq_len))
+    if counted is None:
         return 2
     rates = {f"{m}x{k} @ {k}x{n}": mm_rate(m, k, n) for m, k, n in MM_SHAPES}
     from nestc.runtime.bench import machine
@@ -142,12 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {**counted, "machine": info["cpu"] or platform.machine(), "cpu_capability": info["cpu_capability"],
            "threads": args.threads, "commit": info["commit"], "torch": torch.__version__,
            "mm_rates": rates, **floor(counted, rates)}
-    print(render(res))
-    if args.json:
-        from nestc.atomic import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps(res, indent=2) + "\n")
-    return 0
+    return report(render(res), res, args.json)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,12 @@ for one step), so keep --steps small there.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 import time
 
-from bench_cli import bad_loop_mode, run_in_cache  # benchmarks/, beside this script
+from bench_cli import bad_loop_mode, report, run_in_cache  # benchmarks/, beside this script
 
 # ATen's matrix products, and the positions of the two factors among their inputs
 PRODUCTS = {"aten::mm": (0, 1), "aten::bmm": (0, 1), "aten::addmm": (1, 2), "aten::baddbmm": (1, 2)}
@@ -203,12 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                                             args.threads, args.steps))
     if res is None:
         return 2
-    print(render(res, args.top))
-    if args.json:
-        from nestc.atomic import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps(res, indent=2) + "\n")
-    return 0
+    return report(render(res, args.top), res, args.json)
 
 
 if __name__ == "__main__":
