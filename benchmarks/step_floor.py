@@ -31,20 +31,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_cli import report, with_spec_errors  # benchmarks/, beside this script
 from layer_floor import MM_SHAPES, mm_rate
 
-PRODUCT_OPS = ("aten.mm", "aten.bmm", "aten.addmm", "aten.baddbmm")
-
-
 def count_step(spec: str, overrides: dict, batch: int | None, seq_len: int | None, seed: int = 0) -> dict:
     """FLOPs of one eager training step of `spec`, per pass and per ATen op."""
     import nestc
-    from nestc.resolve import resolve_ref
     from nestc.runtime.train import make_loss_fns, signals
 
-    program = resolve_ref(spec, overrides)
-    b = batch or int(program.train.get("batch", 4))
-    t = seq_len or int(program.train.get("seq_len", 128))
     torch.manual_seed(seed)
     compiled = nestc.compile(spec, overrides)
+    b = batch or int(compiled.program.train.get("batch", 4))
+    t = seq_len or int(compiled.program.train.get("seq_len", 128))
     model = compiled.model(vocab=256)
     fns = make_loss_fns(model, compile=False)
     gen = torch.Generator().manual_seed(seed)
@@ -97,18 +92,6 @@ def render(res: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_sets(pairs: list[str]) -> dict | None:
-    overrides = {}
-    for pair in pairs:
-        name, eq, value = pair.partition("=")
-        if not eq or not name.strip():
-            print(f"step_floor.py: error: --set {pair}: use NAME=VALUE, e.g. --set c_other=16",
-                  file=sys.stderr)
-            return None
-        overrides[name.strip()] = value.strip()
-    return overrides
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("spec", help="a spec file or a built-in name")
@@ -123,13 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"step_floor.py: error: {flag} {value}: use a whole number from 1", file=sys.stderr)
             return 2
-    overrides = parse_sets(args.sets)
-    if overrides is None:
-        return 2
     torch.set_num_threads(args.threads)
+    from nestc.cli import _overrides  # nestc's own --set parsing: NAME=VALUE, a param name
 
     counted = with_spec_errors("step_floor.py", args.spec,
-                               lambda: count_step(args.spec, overrides, args.batch, args.seq_len))
+                               lambda: count_step(args.spec, _overrides(args.sets), args.batch, args.seq_len))
     if counted is None:
         return 2
     rates = {f"{m}x{k} @ {k}x{n}": mm_rate(m, k, n) for m, k, n in MM_SHAPES}
