@@ -88,7 +88,12 @@ class ShortConv(nn.Module):
     def __init__(self, dim: int, window: int):
         super().__init__()
         self.window = window
-        weight = torch.zeros(dim, window)
+        # [dim, window] as short_conv expects, stored tap-major (strides (1, dim)): each tap's
+        # weights are then a contiguous row. Read as columns of a row-major weight (stride W),
+        # they made inductor's C++ backend leave the fused conv-and-activation loops scalar (it
+        # stops vectorising a loop nest once 12% of its operations are strided loads). The shape,
+        # the state dict and checkpoints are unchanged; load_state_dict copies into this layout.
+        weight = torch.zeros(window, dim).t()
         weight[:, -1] = 1.0  # identity at initialisation: the current token only
         self.weight = nn.Parameter(weight)
 
