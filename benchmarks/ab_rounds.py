@@ -77,3 +77,64 @@ def compiled_steps(names: Iterable[str], select: Callable[[str], None], loops: s
         print(name, "first step", round(time.perf_counter() - t0, 1), "s", flush=True)
         steps[name] = step
     return steps
+
+
+def titans_layer_step(compile: bool, prepare: Callable | None = None):
+    """anchor_rows.py's Titans LMM layer (benchmarks/specs/titans_layer.nest at B 4, T 512,
+    d 256, 4 heads, chunk 64; seeded weights and input) and its step: a fresh state, forward,
+    out.sum().backward(); the step returns the output. `prepare(layer)` may alter the layer
+    first. Returns (layer, step)."""
+    from pathlib import Path
+
+    import torch
+
+    import nestc
+    from nestc.runtime.context import Ctx
+
+    torch.manual_seed(0)
+    spec = Path(__file__).resolve().parent / "specs" / "titans_layer.nest"
+    layer = nestc.compile(spec, {"d_model": "256", "heads": "4", "chunk": "64"}).model().layers[0]
+    if prepare is not None:
+        prepare(layer)
+    x = torch.randn(4, 512, 256, generator=torch.Generator().manual_seed(1))
+
+    def forward(x):
+        return layer(x, layer.initial_state(x.shape[0]), Ctx())[0]
+
+    fn = torch.compile(forward, fullgraph=True, dynamic=False) if compile else forward
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        out = fn(x)
+        out.sum().backward()
+        return out
+
+    return layer, step
+
+
+def titans_layer_rounds(names: Iterable[str], select: Callable[[str], None],
+                        prepare: Callable[[str], Callable | None] = lambda name: None,
+                        rounds: int = 16) -> dict[str, list[float]]:
+    """The A/B of two variants of the Titans layer above: one eager step of each on the same
+    weights and input, whose largest output and gradient differences are printed; then each
+    compiled (its own layer and graphs, first-step time printed) and `alternating_rounds`.
+    `select(name)` swaps the code under test; `prepare(name)` gives a layer change, or None."""
+    import torch
+
+    runs = []
+    for name in names:
+        select(name)
+        layer, step = titans_layer_step(False, prepare(name))
+        runs.append((step().detach(), [p.grad for p in layer.parameters()]))
+    (o1, g1), (o2, g2) = runs
+    print("eager: largest output difference", f"{float((o1 - o2).abs().max()):.1e}",
+          "largest gradient difference relative to that gradient's largest entry",
+          f"{max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(g1, g2)):.1e}", flush=True)
+    steps = {}
+    for name in names:
+        select(name)
+        _, steps[name] = titans_layer_step(True, prepare(name))
+        t0 = time.perf_counter()
+        steps[name]()
+        print(name, "first step", round(time.perf_counter() - t0, 1), "s", flush=True)
+    return alternating_rounds(steps, select, rounds)

@@ -94,12 +94,38 @@ class MLPShape:
         return len(self.dims) - 1
 
 
+class _StateTimes(torch.autograd.Function):
+    """W x per token with W's gradient laid out as W is, [out, in] row-major. Autograd's own
+    gradient of the product, xᵀ g transposed back, is a [in, out] buffer viewed as [out, in]; in
+    a compiled step it meets the states' row-major updates in the same fused loops (the
+    backward of the next chunk's update, its decay's and momentum's sums over the state), and
+    inductor's C++ backend leaves loops that mix the two layouts scalar. Here gᵀ x is computed
+    as such. Used under torch.compile only; eager keeps einsum's autograd."""
+
+    @staticmethod
+    def forward(x: Tensor, w: Tensor) -> Tensor:
+        return torch.einsum("bhnd,bhed->bhne", x, w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, w = ctx.saved_tensors
+        gx = torch.einsum("bhne,bhed->bhnd", g, w) if ctx.needs_input_grad[0] else None
+        gw = torch.matmul(g.transpose(-1, -2), x) if ctx.needs_input_grad[1] else None
+        return gx, gw
+
+
 def _times(w, x: Tensor) -> Tensor:
     """W x per token: w [B, H, out, in] (or a `PendingUpdates`), x [B, H, N, in] -> [B, H, N, out]."""
     if isinstance(w, PendingUpdates):
         return w.times(x)
     if w.stride(0) == 0:  # an initial state shared by the batch (expanded): one product, not B
         return torch.einsum("bhnd,hed->bhne", x, w[0])
+    if torch.compiler.is_compiling() and torch.is_grad_enabled():
+        return _StateTimes.apply(x, w)
     return torch.einsum("bhnd,bhed->bhne", x, w)
 
 

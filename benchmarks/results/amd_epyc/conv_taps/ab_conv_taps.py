@@ -14,7 +14,6 @@ Before timing, one eager step of each on the same weights checks that they compu
 output and gradients.
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,9 +21,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[3]))
 sys.path.insert(0, str(HERE.parents[2]))  # benchmarks/
-from ab_rounds import alternating_rounds, print_rounds
-import nestc
-from nestc.runtime.context import Ctx
+from ab_rounds import print_rounds, titans_layer_rounds
 from nestc.runtime.inductor_setup import prepare_inductor
 from nestc.runtime.layers import ShortConv
 
@@ -32,48 +29,11 @@ torch.set_num_threads(2)
 prepare_inductor()
 
 
-variants = ("columns", "taps")
+def row_major(layer):  # the layout before the change
+    for conv in (m for m in layer.modules() if isinstance(m, ShortConv)):
+        conv.weight = torch.nn.Parameter(conv.weight.detach().contiguous())
 
 
-def select(name):  # each variant is a layer of its own; nothing to swap
-    pass
-
-
-def layer_step(name, compile):
-    torch.manual_seed(0)
-    overrides = {"d_model": "256", "heads": "4", "chunk": "64"}
-    layer = nestc.compile(HERE.parents[2] / "specs" / "titans_layer.nest", overrides).model().layers[0]
-    if name == "columns":
-        for conv in (m for m in layer.modules() if isinstance(m, ShortConv)):
-            conv.weight = torch.nn.Parameter(conv.weight.detach().contiguous())
-    x = torch.randn(4, 512, 256, generator=torch.Generator().manual_seed(1))
-
-    def forward(x):
-        return layer(x, layer.initial_state(x.shape[0]), Ctx())[0]
-
-    fn = torch.compile(forward, fullgraph=True, dynamic=False) if compile else forward
-
-    def step():
-        layer.zero_grad(set_to_none=True)
-        out = fn(x)
-        out.sum().backward()
-        return out
-
-    return layer, step
-
-
-runs = []
-for name in variants:
-    layer, step = layer_step(name, compile=False)
-    runs.append((step().detach(), [p.grad for p in layer.parameters()]))
-(o1, g1), (o2, g2) = runs
-print("eager: largest output difference", f"{float((o1 - o2).abs().max()):.1e}",
-      "largest gradient difference relative to that gradient's largest entry",
-      f"{max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(g1, g2)):.1e}", flush=True)
-steps = {}
-for name in variants:
-    _, steps[name] = layer_step(name, compile=True)
-    t0 = time.perf_counter()
-    steps[name]()
-    print(name, "first step", round(time.perf_counter() - t0, 1), "s", flush=True)
-print_rounds(alternating_rounds(steps, select, rounds=16), "columns", "taps")
+times = titans_layer_rounds(["columns", "taps"], select=lambda name: None,
+                            prepare=lambda name: row_major if name == "columns" else None)
+print_rounds(times, "columns", "taps")
