@@ -44,4 +44,5 @@ def select(name):
     mem._times = variants[name]  # mlp_forward calls it by this module-level name
 
 
-print_rounds(titans_layer_rounds(variants, select), "einsum_grad", "state_grad")
+if __name__ == "__main__":
+    print_rounds(titans_layer_rounds(variants, select), "einsum_grad", "state_grad")
