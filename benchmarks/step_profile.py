@@ -18,6 +18,10 @@ Every op's self time (its time minus the ops it called) lands in one of these gr
 * other ATen ops: whatever ran outside a kernel inductor wrote (all element-wise work in eager);
 * autograd, optimizer, other: the autograd engine's nodes, the optimizer's step (its Python;
   its ATen ops count above) and other named regions.
+A compiled step's kernels are also checked for loops that run one float at a time: the
+generated C++ in the inductor cache is read (benchmarks/scalar_loops.py), and the kernels with a
+loop nest of SCALAR_NEST_MIN or more iterations without vector operations are listed with their
+times (inductor leaves a nest scalar when too many of its loads are not contiguous).
 What the profiler saw on no op (the step's own Python, the optimizer's loop) is the remainder
 of the step's wall time. The profiler adds a cost to every op, so the profiled step is slower
 than the unprofiled one; both are printed. Where the step is many small ops (eager Hope: 10.1 s
@@ -37,6 +41,11 @@ import sys
 import time
 
 from bench_cli import bad_loop_mode, report, run_in_cache  # benchmarks/, beside this script
+from scalar_loops import kernel_sources, scalar_iterations
+
+# a kernel counts as running scalar when a loop nest of at least this many iterations has no
+# vector operation (smaller nests are the reductions' epilogues and per-row scalars)
+SCALAR_NEST_MIN = 4096
 
 # ATen's matrix products, and the positions of the two factors among their inputs
 PRODUCTS = {"aten::mm": (0, 1), "aten::bmm": (0, 1), "aten::addmm": (1, 2), "aten::baddbmm": (1, 2)}
@@ -112,6 +121,11 @@ def profile_step(spec: str, mode: str, batch: int | None, seq_len: int | None, l
         groups[g]["ops"] += 1
         ops.append({"op": ev.key, "group": g, "calls_per_step": ev.count / steps, "ms_per_step": ms})
     ops.sort(key=lambda r: -r["ms_per_step"])
+    if compiled:  # which kernels loop one float at a time (benchmarks/scalar_loops.py)
+        sources = kernel_sources(_cache_dir())
+        for r in ops:
+            if r["group"] == "inductor's kernels":
+                r["scalar_iterations"] = scalar_iterations(r["op"], sources)
     by_shape = []  # every ATen op outside inductor's kernels, per input shapes
     for ev in prof.key_averages(group_by_input_shape=True):
         if not ev.key.startswith("aten::"):
@@ -130,6 +144,12 @@ def profile_step(spec: str, mode: str, batch: int | None, seq_len: int | None, l
             "profiled_step_ms": 1e3 * profiled, "groups": groups,
             "unseen_ms": 1e3 * profiled - seen, "ops": ops, "products": products,
             "aten_by_shape": by_shape}
+
+
+def _cache_dir() -> str:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
 
 
 def _share(ms: float, total: float) -> str:
@@ -164,6 +184,17 @@ def render(res: dict, top: int) -> str:
             extra = f"  {row['ops']} kernels"
         lines.append(f"{g:<28} {row['ms']:>8.1f} {_share(row['ms'], total)}{extra}")
     lines.append(f"{'no op (Python between ops)':<28} {res['unseen_ms']:>8.1f} {_share(res['unseen_ms'], total)}")
+    kernels = [r for r in res["ops"] if r["group"] == "inductor's kernels"]
+    if kernels:
+        scalar = [r for r in kernels if (r.get("scalar_iterations") or 0) >= SCALAR_NEST_MIN]
+        unknown = sum(r.get("scalar_iterations") is None for r in kernels)
+        ms = sum(r["ms_per_step"] for r in scalar)
+        lines += ["", f"inductor's kernels with a scalar loop nest of {SCALAR_NEST_MIN:,}+ iterations: "
+                      f"{len(scalar)} of {len(kernels)}, {ms:.1f} ms/step ({_share(ms, total).strip()})"
+                      + (f"; {unknown} kernels' source not found" if unknown else "")]
+        for r in scalar[:top]:
+            name = r["op"] if len(r["op"]) <= 80 else r["op"][:77] + "..."
+            lines.append(f"{r['ms_per_step']:>8.2f} {r['scalar_iterations']:>10,}  {name}")
     lines += ["", f"top {top} ops by self time", f"{'ms/step':>8} {'share':>6} {'calls':>6}  op"]
     for r in res["ops"][:top]:
         name = r["op"] if len(r["op"]) <= 90 else r["op"][:87] + "..."

@@ -67,3 +67,29 @@ def test_bad_arguments_and_specs_are_clear_errors(tmp_path):
     run = _run(str(bad), timeout=120)
     assert run.returncode == 2, run.stderr
     assert "typo.nest" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_scalar_loops_are_found_in_inductors_source(tmp_path, monkeypatch):
+    """benchmarks/scalar_loops.py tells a kernel that inductor left scalar from one it vectorised,
+    on the case that made ShortConv store its weight tap-major: a four-tap convolution with SiLU,
+    its taps read as columns of a row-major [C, 4] weight, against the same taps as rows."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from scalar_loops import kernel_sources, scalar_iterations, scalar_nests
+
+    def conv(x, w):
+        y = x[:, :-3] * w[:, 0] + x[:, 1:-2] * w[:, 1] + x[:, 2:-1] * w[:, 2] + x[:, 3:] * w[:, 3]
+        return torch.nn.functional.silu(y)
+
+    x = torch.randn(2, 67, 64)
+    found = {}
+    for layout, w in (("columns", torch.randn(64, 4)), ("rows", torch.randn(4, 64).t())):
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / layout))
+        torch._dynamo.reset()
+        torch.compile(conv, dynamic=False)(x, w)
+        found[layout] = kernel_sources(tmp_path / layout)
+    (name, (source,)), = found["columns"].items()  # one kernel: conv and SiLU fused
+    assert scalar_nests(source) == [2 * 64 * 64]  # [2, 64, 64] one float at a time
+    assert scalar_iterations(f"graph_0_{name}", found["columns"]) == 2 * 64 * 64
+    (_, (source,)), = found["rows"].items()
+    assert scalar_nests(source) == []  # vectorised
+    assert scalar_iterations("aten::bmm", found["columns"]) is None
