@@ -112,9 +112,15 @@ class _StateTimes(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):
+        # Under autocast the forward's einsum ran in g's dtype (bf16) on float32 inputs: the
+        # products run in g's dtype here too, and each gradient comes back in its input's dtype
+        # (as the casts autocast records would give them). Without autocast the casts are no-ops.
         x, w = ctx.saved_tensors
-        gx = torch.einsum("bhne,bhed->bhnd", g, w) if ctx.needs_input_grad[0] else None
-        gw = torch.matmul(g.transpose(-1, -2), x) if ctx.needs_input_grad[1] else None
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.einsum("bhne,bhed->bhnd", g, w.to(g.dtype)).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            gw = torch.matmul(g.transpose(-1, -2), x.to(g.dtype)).to(w.dtype)
         return gx, gw
 
 

@@ -225,3 +225,29 @@ def test_call_start_memories_compile_to_one_graph_with_eager_gradients(tmp_path)
     for (pname, _), a, b in zip(model.named_parameters(), eager, compiled):
         scale = a.abs().max().item()
         assert scale > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale), pname
+
+
+@pytest.mark.slow
+def test_compiled_bf16_titans_step_gives_eager_bf16_gradients():
+    """`--precision bf16` with torch.compile (tests/runtime/test_autocast.py covers eager): the
+    compiled step, whose memories read their states through `_StateTimes`, gives float32
+    gradients within bf16 rounding of the eager bf16 step's."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = small("titans").model()
+    x = torch.randint(0, 256, (2, 16))
+    y = torch.randint(0, 256, (2, 16))
+    params = list(model.parameters())
+
+    def grads(fn):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = fn(x, y, {})
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    eager = grads(lambda a, b, s: forward_loss(model, a, b, s))
+    compiled = grads(torch.compile(lambda a, b, s: forward_loss(model, a, b, s), fullgraph=True))
+    pairs = [(a, b) for a, b in zip(compiled, eager) if b is not None]
+    assert pairs and all(a is not None and a.dtype == torch.float32 for a, _ in pairs)
+    err = sum(float((a.double() - b.double()).norm()) ** 2 for a, b in pairs) ** 0.5
+    scale = sum(float(b.double().norm()) ** 2 for _, b in pairs) ** 0.5
+    assert err / scale < 3e-2, err / scale  # bf16 rounding, as tests/runtime/test_autocast.py bounds it

@@ -51,3 +51,23 @@ def test_compiled_equals_eager():
     compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x, w), [x, w])
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b)
+
+
+def test_under_autocast_gradients_match_einsums_in_the_inputs_dtype():
+    """bf16 autocast (`--precision bf16`): the products run in bf16 as einsum's would, and the
+    gradients come back float32 like the inputs, eager and compiled."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 5, 4, generator=g, requires_grad=True)
+    w = torch.randn(2, 3, 6, 4, generator=g, requires_grad=True)
+
+    def grads(product):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = product(x, w)
+        assert out.dtype == torch.bfloat16
+        return torch.autograd.grad(out.float().square().sum(), [x, w])
+
+    ref = grads(lambda x, w: torch.einsum("bhnd,bhed->bhne", x, w))
+    for fn in (_StateTimes.apply, torch.compile(lambda x, w: _StateTimes.apply(x, w), fullgraph=True)):
+        for a, b in zip(grads(fn), ref):
+            assert a.dtype == torch.float32
+            torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
