@@ -191,7 +191,7 @@ def render(res: dict, top: int) -> str:
         ms = sum(r["ms_per_step"] for r in scalar)
         lines += ["", f"inductor's kernels with a scalar loop nest of {SCALAR_NEST_MIN:,}+ iterations: "
                       f"{len(scalar)} of {len(kernels)}, {ms:.1f} ms/step ({_share(ms, total).strip()})"
-                      + (f"; {unknown} kernels' source not found" if unknown else "")]
+                      + (f"; {unknown} kernels' source not found or ambiguous" if unknown else "")]
         for r in scalar[:top]:
             name = r["op"] if len(r["op"]) <= 80 else r["op"][:77] + "..."
             lines.append(f"{r['ms_per_step']:>8.2f} {r['scalar_iterations']:>10,}  {name}")
