@@ -36,6 +36,12 @@ def print_rounds(times: dict[str, list[float]], slower: str, faster: str) -> Non
     print(f"{slower}/{faster} per round:", [round(p, 3) for p in pairs], "median", round(statistics.median(pairs), 3))
 
 
+def gradient_gap(g1: list, g2: list) -> float:
+    """The largest difference between two variants' gradients, each relative to that gradient's
+    largest entry (the second variant's)."""
+    return max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(g1, g2))
+
+
 def same_numbers(names: Iterable[str], select: Callable[[str], None], spec: str = "hope",
                  overrides: dict | None = None) -> None:
     """Print the loss and the largest gradient difference of two variants: one eager step each,
@@ -59,7 +65,7 @@ def same_numbers(names: Iterable[str], select: Callable[[str], None], spec: str 
         runs.append((float(loss.detach()), [p.grad for p in model.parameters() if p.grad is not None]))
     (l1, g1), (l2, g2) = runs
     print("eager, 1 layer: losses", l1, l2, "largest gradient difference relative to that gradient's largest entry",
-          f"{max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(g1, g2)):.1e}", flush=True)
+          f"{gradient_gap(g1, g2):.1e}", flush=True)
 
 
 def compiled_steps(names: Iterable[str], select: Callable[[str], None], loops: str,
@@ -119,8 +125,6 @@ def titans_layer_rounds(names: Iterable[str], select: Callable[[str], None],
     weights and input, whose largest output and gradient differences are printed; then each
     compiled (its own layer and graphs, first-step time printed) and `alternating_rounds`.
     `select(name)` swaps the code under test; `prepare(name)` gives a layer change, or None."""
-    import torch
-
     runs = []
     for name in names:
         select(name)
@@ -129,7 +133,7 @@ def titans_layer_rounds(names: Iterable[str], select: Callable[[str], None],
     (o1, g1), (o2, g2) = runs
     print("eager: largest output difference", f"{float((o1 - o2).abs().max()):.1e}",
           "largest gradient difference relative to that gradient's largest entry",
-          f"{max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(g1, g2)):.1e}", flush=True)
+          f"{gradient_gap(g1, g2):.1e}", flush=True)
     steps = {}
     for name in names:
         select(name)

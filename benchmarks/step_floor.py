@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_cli import report, with_spec_errors  # benchmarks/, beside this script
 from layer_floor import MM_SHAPES, mm_rate
 
+
 def count_step(spec: str, overrides: dict, batch: int | None, seq_len: int | None, seed: int = 0) -> dict:
     """FLOPs of one eager training step of `spec`, per pass and per ATen op."""
     import nestc
