@@ -3,8 +3,12 @@
     python benchmarks/step_profile.py titans                      # compiled, the spec's batch and length
     python benchmarks/step_profile.py titans --mode eager --top 20
     python benchmarks/step_profile.py hope --loops call --steps 3 --json out.json
+    python benchmarks/step_profile.py --anchor-layer                # the Titans layer of the peer comparison
 
-Builds the same full training step as `nestc bench` (runtime/bench.py `build_step`), runs it until
+Builds the same full training step as `nestc bench` (runtime/bench.py `build_step`), or with
+--anchor-layer the Titans LMM layer step that benchmarks/anchor_rows.py times against
+titans-pytorch (benchmarks/ab_rounds.py `titans_layer_step`: B 4, T 512, d 256, 4 heads, chunk 64;
+a fresh memory state, forward, out.sum().backward(), no optimizer), runs it until
 it is compiled and warm, times a few steps without the profiler, then runs --steps more under
 torch.profiler with input shapes recorded. Inductor is told to record each generated C++ kernel
 (`torch._inductor.config.cpp.enable_kernel_profile`), so a compiled step is seen kernel by
@@ -80,22 +84,38 @@ def product_flops(name: str, shapes: list) -> int | None:
     return 2 * math.prod(a) * b[-1]  # a [..., m, k] @ b [..., k, n]
 
 
+ANCHOR_LAYER = "the anchor Titans layer"  # what --anchor-layer profiles, as results name it
+
+
 def profile_step(spec: str, mode: str, batch: int | None, seq_len: int | None, loops: str,
                  threads: int, steps: int) -> dict:
+    """`spec` ANCHOR_LAYER profiles ab_rounds.titans_layer_step (its own size: batch, seq_len and
+    loops do not apply; the layer has no chunk loop of the code generator's)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from nestc.resolve import resolve_ref
-    from nestc.runtime.bench import build_step, machine
+    from nestc.runtime.bench import machine
 
     torch.set_num_threads(threads)
     compiled = mode == "compiled"
     if compiled:
         torch._inductor.config.cpp.enable_kernel_profile = True
-    program = resolve_ref(spec, {})
-    b = batch or int(program.train.get("batch", 4))
-    t = seq_len or int(program.train.get("seq_len", 128))
-    step, model = build_step(spec, {}, b, t, compile=compiled, loops=loops)
+    if spec == ANCHOR_LAYER:
+        from ab_rounds import titans_layer_step  # benchmarks/, beside this script
+        from nestc.runtime.inductor_setup import prepare_inductor
+
+        if compiled:
+            prepare_inductor()  # as anchor_rows.py does
+        model, step = titans_layer_step(compiled)
+        b, t = 4, 512
+    else:
+        from nestc.resolve import resolve_ref
+        from nestc.runtime.bench import build_step
+
+        program = resolve_ref(spec, {})
+        b = batch or int(program.train.get("batch", 4))
+        t = seq_len or int(program.train.get("seq_len", 128))
+        step, model = build_step(spec, {}, b, t, compile=compiled, loops=loops)
     t0 = time.perf_counter()
     step()
     first = time.perf_counter() - t0
@@ -211,7 +231,10 @@ def render(res: dict, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("spec", help="a spec file or a built-in name")
+    ap.add_argument("spec", nargs="?", help="a spec file or a built-in name")
+    ap.add_argument("--anchor-layer", action="store_true",
+                    help="profile the Titans LMM layer step of the peer comparison instead of a spec's "
+                         "training step (B 4, T 512, d 256, 4 heads, chunk 64; forward and backward)")
     ap.add_argument("--mode", choices=["compiled", "eager"], default="compiled")
     ap.add_argument("--loops", default="unroll", help="unroll, call, scan or region (as nestc bench)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default: the spec's)")
@@ -228,8 +251,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if bad_loop_mode("step_profile.py", args.loops):
         return 2
-    res = run_in_cache("step_profile.py", args.spec, args.cache, "nestc-profile-",
-                       lambda: profile_step(args.spec, args.mode, args.batch, args.seq_len, args.loops,
+    if (args.spec is None) == (not args.anchor_layer):
+        print("step_profile.py: error: name a spec or give --anchor-layer (one of the two)", file=sys.stderr)
+        return 2
+    if args.anchor_layer and (args.batch or args.seq_len or args.loops != "unroll"):
+        print("step_profile.py: error: --anchor-layer has its own size and no chunk loop: drop "
+              "--batch, --seq-len and --loops", file=sys.stderr)
+        return 2
+    spec = ANCHOR_LAYER if args.anchor_layer else args.spec
+    res = run_in_cache("step_profile.py", spec, args.cache, "nestc-profile-",
+                       lambda: profile_step(spec, args.mode, args.batch, args.seq_len, args.loops,
                                             args.threads, args.steps))
     if res is None:
         return 2

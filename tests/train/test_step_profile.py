@@ -69,6 +69,32 @@ def test_bad_arguments_and_specs_are_clear_errors(tmp_path):
     assert "typo.nest" in run.stderr and "Traceback" not in run.stderr
 
 
+def test_the_anchor_layer_is_profiled_as_the_peer_comparison_times_it(tmp_path):
+    """--anchor-layer profiles ab_rounds.titans_layer_step (forward and backward of the Titans
+    layer at B 4, T 512, no optimizer): its products' FLOPs are those torch's counter finds in
+    that step; it takes no spec and no size of its own."""
+    run = _run("--anchor-layer", "--mode", "eager", "--threads", "1", "--steps", "1",
+               "--json", str(tmp_path / "layer.json"))
+    assert run.returncode == 0, run.stderr
+    res = json.loads((tmp_path / "layer.json").read_text())
+    assert (res["batch"], res["seq_len"]) == (4, 512) and "anchor Titans layer" in run.stdout
+    ours = sum(p["gflop_per_step"] for p in res["products"] if p["gflop_per_step"] is not None)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ab_rounds import titans_layer_step
+
+    layer, step = titans_layer_step(False)
+    assert res["params"] == sum(p.numel() for p in layer.parameters())
+    with FlopCounterMode(display=False) as counter:
+        step()
+    counts = counter.get_flop_counts()["Global"]
+    theirs = sum(v for k, v in counts.items() if str(k).split(".")[-1] in ("mm", "bmm", "addmm", "baddbmm"))
+    assert abs(ours * 1e9 - theirs) <= 1e-6 * theirs
+    for args in ((), ("titans", "--anchor-layer"), ("--anchor-layer", "--batch", "2"),
+                 ("--anchor-layer", "--loops", "call")):
+        run = _run(*args, timeout=120)
+        assert run.returncode == 2 and "--anchor-layer" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_scalar_loops_are_found_in_inductors_source(tmp_path, monkeypatch):
     """benchmarks/scalar_loops.py tells a kernel that inductor left scalar from one it vectorised,
     on the case that made ShortConv store its weight tap-major: a four-tap convolution with SiLU,
