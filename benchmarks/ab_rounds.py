@@ -85,11 +85,12 @@ def compiled_steps(names: Iterable[str], select: Callable[[str], None], loops: s
     return steps
 
 
-def titans_layer_step(compile: bool, prepare: Callable | None = None):
+def titans_layer_step(compile: bool, prepare: Callable | None = None, batch: int = 4, seq: int = 512,
+                      overrides: dict | None = None):
     """anchor_rows.py's Titans LMM layer (benchmarks/specs/titans_layer.nest at B 4, T 512,
-    d 256, 4 heads, chunk 64; seeded weights and input) and its step: a fresh state, forward,
-    out.sum().backward(); the step returns the output. `prepare(layer)` may alter the layer
-    first. Returns (layer, step)."""
+    d 256, 4 heads, chunk 64, unless `batch`, `seq` and spec `overrides` say otherwise; seeded
+    weights and input) and its step: a fresh state, forward, out.sum().backward(); the step
+    returns the output. `prepare(layer)` may alter the layer first. Returns (layer, step)."""
     from pathlib import Path
 
     import torch
@@ -99,10 +100,11 @@ def titans_layer_step(compile: bool, prepare: Callable | None = None):
 
     torch.manual_seed(0)
     spec = Path(__file__).resolve().parent / "specs" / "titans_layer.nest"
-    layer = nestc.compile(spec, {"d_model": "256", "heads": "4", "chunk": "64"}).model().layers[0]
+    overrides = {"d_model": "256", "heads": "4", "chunk": "64", **(overrides or {})}
+    layer = nestc.compile(spec, overrides).model().layers[0]
     if prepare is not None:
         prepare(layer)
-    x = torch.randn(4, 512, 256, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(batch, seq, int(overrides["d_model"]), generator=torch.Generator().manual_seed(1))
 
     def forward(x):
         return layer(x, layer.initial_state(x.shape[0]), Ctx())[0]

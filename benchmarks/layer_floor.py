@@ -22,7 +22,6 @@ and the products' time inside it are printed beside it.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 from pathlib import Path
@@ -31,12 +30,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import nestc
+from ab_rounds import titans_layer_step  # benchmarks/, beside this script
 from nestc.runtime.context import Ctx
+from step_profile import PRODUCTS, product_flops
 
 SPEC = Path(__file__).resolve().parent / "specs" / "titans_layer.nest"
 MM_SHAPES = [(2048, 2048, 2048), (2048, 256, 256), (8192, 64, 256)]
-# ATen's matrix products and where their two factors are among the inputs
-PRODUCTS = {"aten::mm": (0, 1), "aten::bmm": (0, 1), "aten::addmm": (1, 2), "aten::baddbmm": (1, 2)}
 
 
 def step_flops(overrides: dict, batch: int, seq: int, dim: int) -> tuple[int, dict]:
@@ -96,23 +95,15 @@ def product_time(op: str, shapes: list[list[int]], iters: int = 20) -> tuple[flo
     return hot, cold
 
 
-def step_products(overrides: dict, batch: int, seq: int, dim: int, steps: int = 3) -> tuple[list[dict], float, float]:
+def step_products(overrides: dict, batch: int, seq: int, steps: int = 3) -> tuple[list[dict], float, float]:
     """The compiled step's matrix products, grouped by op and input shapes, with calls per step and
     the profiled milliseconds per step; and the step's median milliseconds without the profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     from nestc.runtime.inductor_setup import prepare_inductor
 
-    prepare_inductor()
-    torch.manual_seed(0)
-    layer = nestc.compile(SPEC, overrides).model().layers[0]
-    x = torch.randn(batch, seq, dim)
-    fn = torch.compile(lambda x: layer(x, layer.initial_state(x.shape[0]), Ctx())[0], fullgraph=True, dynamic=False)
-
-    def step():
-        layer.zero_grad(set_to_none=True)
-        fn(x).sum().backward()
-
+    prepare_inductor()  # as anchor_rows.py does
+    _, step = titans_layer_step(True, batch=batch, seq=seq, overrides=overrides)
     for _ in range(3):
         step()
     times = []
@@ -132,9 +123,10 @@ def step_products(overrides: dict, batch: int, seq: int, dim: int, steps: int = 
 
 
 def print_shapes(args, overrides: dict) -> None:
-    rows, step_ms, in_step_ms = step_products(overrides, args.batch, args.seq, args.dim)
+    rows, step_ms, in_step_ms = step_products(overrides, args.batch, args.seq)
     for r in rows:
         r["hot_s"], r["cold_s"] = product_time(r["op"], r["shapes"])
+        r["gflop"] = r["calls"] * product_flops(r["op"], r["shapes"]) / 1e9
     rows.sort(key=lambda r: -r["calls"] * r["hot_s"])
     print("\nthe compiled step's products (grad_state chunk_start), each timed alone at its shapes:")
     print("in cache, and cold (operands pushed out of the caches first); ms are per step (all its calls)")
@@ -142,16 +134,13 @@ def print_shapes(args, overrides: dict) -> None:
           f"{'cold ms':>8} {'GFLOP/s':>8}  factors")
     for r in rows:
         i, j = PRODUCTS[r["op"]]
-        a, b = r["shapes"][i], r["shapes"][j]
-        gflop = r["calls"] * 2 * math.prod(a) * b[-1] / 1e9  # a [..., m, k] @ b [..., k, n]
+        a, b, gflop = r["shapes"][i], r["shapes"][j], r["gflop"]
         ms = {k: 1e3 * r["calls"] * r[k] for k in ("hot_s", "cold_s")} | {"step": r["profiled_ms"]}
         print(f"{r['op'].removeprefix('aten::'):<11} {r['calls']:>5.0f} {ms['step']:>8.2f} {gflop / ms['step'] * 1e3:>8.1f} "
               f"{ms['hot_s']:>7.2f} {gflop / ms['hot_s'] * 1e3:>8.1f} {ms['cold_s']:>8.2f} "
               f"{gflop / ms['cold_s'] * 1e3:>8.1f}  {a} @ {b}")
     hot, cold = (1e3 * sum(r["calls"] * r[k] for r in rows) for k in ("hot_s", "cold_s"))
-    gflop = sum(r["calls"] * 2 * math.prod(r["shapes"][PRODUCTS[r["op"]][0]]) * r["shapes"][PRODUCTS[r["op"]][1]][-1]
-                for r in rows) / 1e9
-    print(f"products per step: {gflop * 1e3:.1f} MFLOP; {in_step_ms:.1f} ms inside the compiled step (profiled), {hot:.1f} ms alone "
+    print(f"products per step: {sum(r['gflop'] for r in rows) * 1e3:.1f} MFLOP; {in_step_ms:.1f} ms inside the compiled step (profiled), {hot:.1f} ms alone "
           f"in cache, {cold:.1f} ms alone and cold; the step without the profiler: {step_ms:.1f} ms "
           f"(median of 5)")
 
