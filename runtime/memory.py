@@ -328,6 +328,18 @@ def momentum_weights(theta: Tensor, lg: Tensor, lb: Tensor):
     return w, u, torch.exp(total[..., 0]), c_s, torch.exp(cb[..., -1])
 
 
+def weighted_sum(w: Tensor, d: Tensor, a: Tensor) -> Tensor:
+    """sum_s w_s d_s a_sᵀ per batch item (and head): w [..., n], d [..., n, out], a [..., n, in]
+    -> [..., out, in]; the sum of n weighted rank-one gradients (one product).
+
+    Written as dᵀ (w∘a), the weight on the layer inputs and d transposed as a view. As an einsum
+    the weight went on d, and under torch.compile inductor wrote w∘d out transposed ([out, n]
+    rows from [n, out] ones) for the product; its C++ backend leaves such a loop nest scalar. In
+    the compiled Titans layer that was 13 of its 19 scalar kernels (`benchmarks/step_profile.py
+    --anchor-layer`). d's transpose is a view that bmm reads as it is, without a copy."""
+    return torch.matmul(d.transpose(-1, -2), w[..., None] * a)
+
+
 def load_initial_weights(source: tuple, name: str, heads: int, dims: tuple[int, ...]) -> list[Tensor]:
     """`init checkpoint(path, key)`: a memory's initial weights from a safetensors file -- one
     tensor `key` for a single matrix, or `key.0`, `key.1`, ... per MLP layer, each [out, in]
@@ -646,7 +658,7 @@ class DeepMemory(nn.Module):
             w = theta * torch.exp(cum[..., -1:] - cum)
 
         def chunk_sums(weights, d, a):  # [B, H, N, out, in]
-            g = torch.einsum("bjn,bjne,bjnd->bjed", weights, per_chunk(d), per_chunk(a))
+            g = weighted_sum(weights, per_chunk(d), per_chunk(a))
             return g.reshape(b, h, n, *g.shape[2:])
 
         def carry(log_f):
@@ -788,8 +800,7 @@ class DeepMemory(nn.Module):
         if opt == "momentum" and beta is not None:
             w, u, gam, c_s, b_n = momentum_weights(theta, lg, _log_gate(beta, a0))
             for (a, d), m, s0 in zip(layers, state["M"], state["S"]):
-                grad_w = torch.einsum("bhn,bhne,bhnd->bhed", w, d, a)
-                grad_u = torch.einsum("bhn,bhne,bhnd->bhed", u, d, a)
+                grad_w, grad_u = weighted_sum(w, d, a), weighted_sum(u, d, a)
                 new_M.append(gam[..., None, None] * m + c_s[..., None, None] * s0 - grad_w)
                 new_S.append(b_n[..., None, None] * s0 - grad_u)
             return dict(state, M=new_M, S=new_S)
@@ -797,7 +808,7 @@ class DeepMemory(nn.Module):
         w = theta * torch.exp(total - cum)
         gam = torch.exp(total[..., 0])
         for (a, d), m in zip(layers, state["M"]):
-            new_M.append(gam[..., None, None] * m - torch.einsum("bhn,bhne,bhnd->bhed", w, d, a))
+            new_M.append(gam[..., None, None] * m - weighted_sum(w, d, a))
         return dict(state, M=new_M)
 
     def _advance_dgd(self, state, layers, theta, gate, lg, cum, total, pres=None) -> dict:
@@ -835,7 +846,7 @@ class DeepMemory(nn.Module):
                                       initial_state=m, chunk=max(a.shape[2], 1))
             else:
                 w = c * torch.exp(total - cum)
-                m_new = torch.exp(total[..., 0])[..., None, None] * m - torch.einsum("bhn,bhne,bhnd->bhed", w, d, a)
+                m_new = torch.exp(total[..., 0])[..., None, None] * m - weighted_sum(w, d, a)
             new_M.append(m_new)
         return dict(state, M=new_M)
 
