@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import nestc
 from ab_rounds import titans_layer_step  # benchmarks/, beside this script
 from nestc.runtime.context import Ctx
-from step_profile import PRODUCTS, product_flops
+from step_profile import PRODUCTS, aten_by_shape
 
 SPEC = Path(__file__).resolve().parent / "specs" / "titans_layer.nest"
 MM_SHAPES = [(2048, 2048, 2048), (2048, 256, 256), (8192, 64, 256)]
@@ -114,33 +114,28 @@ def step_products(overrides: dict, batch: int, seq: int, steps: int = 3) -> tupl
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
             step()
-    rows = []
-    for ev in prof.key_averages(group_by_input_shape=True):
-        if ev.key in PRODUCTS:
-            rows.append({"op": ev.key, "shapes": [list(s) for s in ev.input_shapes],
-                         "calls": ev.count / steps, "profiled_ms": ev.self_cpu_time_total / 1e3 / steps})
-    return rows, 1e3 * sorted(times)[len(times) // 2], sum(r["profiled_ms"] for r in rows)
+    rows = [r for r in aten_by_shape(prof, steps) if r["op"] in PRODUCTS]
+    return rows, 1e3 * sorted(times)[len(times) // 2], sum(r["ms_per_step"] for r in rows)
 
 
 def print_shapes(args, overrides: dict) -> None:
     rows, step_ms, in_step_ms = step_products(overrides, args.batch, args.seq)
     for r in rows:
         r["hot_s"], r["cold_s"] = product_time(r["op"], r["shapes"])
-        r["gflop"] = r["calls"] * product_flops(r["op"], r["shapes"]) / 1e9
-    rows.sort(key=lambda r: -r["calls"] * r["hot_s"])
+    rows.sort(key=lambda r: -r["calls_per_step"] * r["hot_s"])
     print("\nthe compiled step's products (grad_state chunk_start), each timed alone at its shapes:")
     print("in cache, and cold (operands pushed out of the caches first); ms are per step (all its calls)")
     print(f"{'op':<11} {'calls':>5} {'step ms':>8} {'GFLOP/s':>8} {'hot ms':>7} {'GFLOP/s':>8} "
           f"{'cold ms':>8} {'GFLOP/s':>8}  factors")
     for r in rows:
         i, j = PRODUCTS[r["op"]]
-        a, b, gflop = r["shapes"][i], r["shapes"][j], r["gflop"]
-        ms = {k: 1e3 * r["calls"] * r[k] for k in ("hot_s", "cold_s")} | {"step": r["profiled_ms"]}
-        print(f"{r['op'].removeprefix('aten::'):<11} {r['calls']:>5.0f} {ms['step']:>8.2f} {gflop / ms['step'] * 1e3:>8.1f} "
+        a, b, gflop = r["shapes"][i], r["shapes"][j], r["gflop_per_step"]
+        ms = {k: 1e3 * r["calls_per_step"] * r[k] for k in ("hot_s", "cold_s")} | {"step": r["ms_per_step"]}
+        print(f"{r['op'].removeprefix('aten::'):<11} {r['calls_per_step']:>5.0f} {ms['step']:>8.2f} {gflop / ms['step'] * 1e3:>8.1f} "
               f"{ms['hot_s']:>7.2f} {gflop / ms['hot_s'] * 1e3:>8.1f} {ms['cold_s']:>8.2f} "
               f"{gflop / ms['cold_s'] * 1e3:>8.1f}  {a} @ {b}")
-    hot, cold = (1e3 * sum(r["calls"] * r[k] for r in rows) for k in ("hot_s", "cold_s"))
-    print(f"products per step: {sum(r['gflop'] for r in rows) * 1e3:.1f} MFLOP; {in_step_ms:.1f} ms inside the compiled step (profiled), {hot:.1f} ms alone "
+    hot, cold = (1e3 * sum(r["calls_per_step"] * r[k] for r in rows) for k in ("hot_s", "cold_s"))
+    print(f"products per step: {sum(r['gflop_per_step'] for r in rows) * 1e3:.1f} MFLOP; {in_step_ms:.1f} ms inside the compiled step (profiled), {hot:.1f} ms alone "
           f"in cache, {cold:.1f} ms alone and cold; the step without the profiler: {step_ms:.1f} ms "
           f"(median of 5)")
 

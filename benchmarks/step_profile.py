@@ -87,6 +87,21 @@ def product_flops(name: str, shapes: list) -> int | None:
 ANCHOR_LAYER = "the anchor Titans layer"  # what --anchor-layer profiles, as results name it
 
 
+def aten_by_shape(prof, steps: int) -> list[dict]:
+    """Every ATen op outside inductor's kernels that `steps` profiled steps ran (recorded with
+    input shapes), one row per op and input shapes: calls, self milliseconds and, for the
+    matrix products, GFLOP per step; slowest first."""
+    rows = []
+    for ev in prof.key_averages(group_by_input_shape=True):
+        if not ev.key.startswith("aten::"):
+            continue
+        flops = product_flops(ev.key, ev.input_shapes)
+        rows.append({"op": ev.key, "shapes": [list(s) for s in ev.input_shapes],
+                     "calls_per_step": ev.count / steps, "ms_per_step": ev.self_cpu_time_total / 1e3 / steps,
+                     "gflop_per_step": None if flops is None else flops * ev.count / steps / 1e9})
+    return sorted(rows, key=lambda r: -r["ms_per_step"])
+
+
 def profile_step(spec: str, mode: str, batch: int | None, seq_len: int | None, loops: str,
                  threads: int, steps: int) -> dict:
     """`spec` ANCHOR_LAYER profiles ab_rounds.titans_layer_step (its own size: batch, seq_len and
@@ -146,15 +161,7 @@ def profile_step(spec: str, mode: str, batch: int | None, seq_len: int | None, l
         for r in ops:
             if r["group"] == "inductor's kernels":
                 r["scalar_iterations"] = scalar_iterations(r["op"], sources)
-    by_shape = []  # every ATen op outside inductor's kernels, per input shapes
-    for ev in prof.key_averages(group_by_input_shape=True):
-        if not ev.key.startswith("aten::"):
-            continue
-        flops = product_flops(ev.key, ev.input_shapes)
-        by_shape.append({"op": ev.key, "shapes": [list(s) for s in ev.input_shapes],
-                         "calls_per_step": ev.count / steps, "ms_per_step": ev.self_cpu_time_total * per_step,
-                         "gflop_per_step": None if flops is None else flops * ev.count / steps / 1e9})
-    by_shape.sort(key=lambda r: -r["ms_per_step"])
+    by_shape = aten_by_shape(prof, steps)
     products = [r for r in by_shape if r["op"] in PRODUCTS or r["op"] in ATTENTION]
     seen = sum(g["ms"] for g in groups.values())
     return {"spec": spec, "mode": mode, "loops": loops if compiled else None, "batch": b, "seq_len": t,
