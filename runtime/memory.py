@@ -536,8 +536,10 @@ class DeepMemory(nn.Module):
         if self.s.grad_state == "call_start":
             if self._can_parallel(state, T):
                 return self._parallel(state, keys, target, lr, gate, beta, query, out_grad)
-        elif self._can_scan(state, T, flush, target):
+        elif self._can_scan(state, T, flush, target, out_grad):
             return self._scan(state, keys, target, lr, gate, beta, query, out_grad)
+        elif self._can_call(state, T, flush, target, out_grad):
+            return self._call_chunks(state, keys, target, lr, gate, beta, query, out_grad)
         elif self._can_dual(state, T):
             return self._dual(state, keys, target, lr, gate, query, out_grad)
         # (the scan and the dual form take gradients at each chunk's start, so call_start skips
@@ -703,17 +705,62 @@ class DeepMemory(nn.Module):
         return out, new_state
 
     # -- the chunk loop as one traced body (torch.compile) --
-    def _can_scan(self, state: dict, T: int, flush: bool, target) -> bool:
+    def _can_scan(self, state: dict, T: int, flush: bool, target, out_grad) -> bool:
         """Under torch.compile in loop mode "scan" (nestc.runtime.ops.set_loop_mode), a stream of
         whole chunks from a chunk boundary runs as a scan: the loop body is traced once instead
         of once per chunk. Eager runs keep the plain loop, which also serves the audit recorder,
         flushes and resets. So does a target given as a function of the weights and the span
-        (s, e): inside a scan the span is not a Python int, and the function would read the
-        first chunk's inputs at every chunk (self-generated values come as `SelfValues`)."""
+        (s, e), or an objective gradient that reads other streams at the span (`_span_free`):
+        inside a scan the span is not a Python int, and the function would read the first
+        chunk's inputs at every chunk (self-generated values come as `SelfValues`)."""
         from .ops import loop_mode
 
         return (torch.compiler.is_compiling() and loop_mode() == "scan" and not flush
-                and self._whole_chunks(state, T) and not callable(target))
+                and self._whole_chunks(state, T) and not callable(target) and _span_free(out_grad))
+
+    # -- the chunk loop run between graphs, each chunk a call of one compiled step --
+    def _can_call(self, state: dict, T: int, flush: bool, target, out_grad) -> bool:
+        """Under torch.compile in loop mode "call", a call of whole chunks from a chunk boundary
+        runs its chunks between graphs, each a call of one compiled chunk step (`_call_chunks`),
+        as a block's chunk loop does in that mode (nestc.runtime.ops._call_loop): the step is
+        compiled once for every chunk, layer and later step, instead of every chunk unrolled
+        into the layer's graph (CMS levels and Hope's main memory loop inside one memory call).
+        What the scan needs, it needs too."""
+        from .ops import loop_mode
+
+        return (torch.compiler.is_compiling() and loop_mode() == "call" and not flush
+                and self._whole_chunks(state, T) and not callable(target) and _span_free(out_grad))
+
+    @torch.compiler.disable
+    def _call_chunks(self, state, keys, target, lr, gate, beta, query, out_grad):
+        """The chunk loop of `forward` (gradients at each chunk's start), run eagerly in the middle
+        of a compiled step (dynamo breaks the graph at this call), each chunk one call of
+        `_chunk_step` compiled by itself. The carried states go in as every chunk's outputs come
+        out (contiguous, requiring grad when the outputs will), so no chunk compiles a variant of
+        its own; the chunks see fixed positions, fixed up once at the end."""
+        from .ops import _as_carried, compiled_fn
+
+        T, c = keys.shape[2], self.s.period
+        self_values = isinstance(target, SelfValues)
+        stream = target.inputs if self_values else target
+        read_q = None if query is None or query is keys else query  # keys that are the queries: the prediction
+        inputs = [*state["W"], *state.get("S", []), keys, stream, read_q, lr, gate, beta, *self.parameters()]
+        grads = torch.is_grad_enabled() and any(torch.is_tensor(x) and x.requires_grad for x in inputs)
+        W = [_as_carried(w, grads) for w in state["W"]]
+        S = [_as_carried(v, grads) for v in state["S"]] if "S" in state else None
+        step = compiled_fn(type(self), f"{self.s.name}_chunk", _chunk_step)
+        outs = []
+        for s in range(0, T, c):
+            e = s + c
+            W, S, read = step(self, W, S, keys[:, :, s:e], stream[:, :, s:e], self_values,
+                              target.stop if self_values else False, _slice_time(lr, s, e),
+                              _slice_time(gate, s, e), _slice_time(beta, s, e),
+                              None if read_q is None else read_q[:, :, s:e], query is not None, out_grad)
+            outs.append(read)
+        new_state = dict(state, W=W, M=W, offset=0, pos=state["pos"] + T)
+        if S is not None:
+            new_state["S"] = S
+        return (torch.cat(outs, dim=2) if query is not None else None), new_state
 
     def _whole_chunks(self, state: dict, T: int) -> bool:
         """What the scan and the dual form both need: a call of whole chunks (more than one) from
@@ -849,6 +896,32 @@ class DeepMemory(nn.Module):
                 m_new = torch.exp(total[..., 0])[..., None, None] * m - weighted_sum(w, d, a)
             new_M.append(m_new)
         return dict(state, M=new_M)
+
+
+def _span_free(out_grad) -> bool:
+    """Whether an objective gradient ignores the span (s, e) it is told. The code generator's
+    gradients read other streams only through the enclosing forward's variables, sliced to the
+    span, so one without a closure reads none (l2, dot, and any objective of M(k) and v alone).
+    (Its code's free variables, which dynamo can read where it cannot read `__closure__`.)"""
+    return not out_grad.__code__.co_freevars
+
+
+def _chunk_step(mem: "DeepMemory", W: list, S: list | None, k: Tensor, target: Tensor,
+                self_values: bool, stop: bool, lr, gate, beta, query: Tensor | None, reads: bool, out_grad):
+    """One chunk of `DeepMemory._call_chunks`: the inner gradients at the chunk-start weights W,
+    the update, and the chunk's read (the prediction at the keys when the keys are the queries,
+    the read at `query` otherwise, None without reads). Returns (new weights, new momentum or
+    None, read), the states contiguous: what the next chunk gets."""
+    c = k.shape[2]
+    tgt = SelfValues(target, stop) if self_values else target
+    pred, layers, pres, read = mem._inner(W, k, tgt, lambda p, t: out_grad(p, t, 0, c), query)
+    state = {"W": W, "M": W, "offset": 0, "pos": 0}
+    if S is not None:
+        state["S"] = S
+    state = mem._advance(state, layers, lr, gate, beta, pres=mem._reusable(state, W, pres))
+    new_S = [v.contiguous() for v in state["S"]] if S is not None else None
+    out = None if not reads else (read if query is not None else pred)
+    return [m.contiguous() for m in state["M"]], new_S, out
 
 
 @torch.library.custom_op("nestc::fixed_layout_copy", mutates_args=())

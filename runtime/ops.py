@@ -270,6 +270,8 @@ def _call_loop(body, state: dict, inputs: dict, period: int, carried: list[str],
 
 
 def _as_carried(x: Tensor, grads: bool) -> Tensor:
+    """A carried tensor as a compiled body returns it: contiguous, and requiring grad (a leaf of
+    its own where nothing upstream needs one) when the body's outputs will."""
     x = x.contiguous()
     if grads and not x.requires_grad and x.is_floating_point():
         x = x.detach().requires_grad_()  # a leaf of its own: nothing upstream to reach
@@ -289,15 +291,20 @@ def _call_body(owner, name: str, state: dict, piece: dict, carried: tuple):
 def compiled_body(owner: type, name: str):
     """`_call_body` compiled (with the options `set_loop_mode` was given) for one block class and
     loop method. The block's parameters are graph inputs, so every layer of the class shares
-    it. Each (class, method) gets a code object of its own: dynamo keeps its compiled variants
-    (and its limit on them) per code object, and one loop's variants should not use up another's."""
+    it."""
+    return compiled_fn(owner, name, _call_body)
+
+
+def compiled_fn(owner: type, name: str, fn):
+    """`fn` compiled with loop mode "call"'s options, once per (owner class, name). Each gets a
+    code object of its own: dynamo keeps its compiled variants (and its limit on them) per code
+    object, and one loop's variants should not use up another's."""
     import types
 
     bodies = _COMPILED_BODIES.setdefault(owner, {})
     if name not in bodies:
-        code = _call_body.__code__.replace(co_name=f"{owner.__name__}_{name}")
-        fn = types.FunctionType(code, _call_body.__globals__, code.co_name)
-        bodies[name] = torch.compile(fn, **_body_options)
+        code = fn.__code__.replace(co_name=f"{owner.__name__}_{name}")
+        bodies[name] = torch.compile(types.FunctionType(code, fn.__globals__, code.co_name), **_body_options)
     return bodies[name]
 
 
