@@ -22,6 +22,16 @@ def bad_loop_mode(script: str, loops: str) -> bool:
     return True
 
 
+def bad_first_pass(script: str, first_pass: str) -> bool:
+    """Print the error and return True when `first_pass` is not one of nestc's first-pass modes."""
+    from nestc.runtime.train import FIRST_PASSES
+
+    if first_pass in FIRST_PASSES:
+        return False
+    print(f"{script}: error: --first-pass {first_pass}: use one of {', '.join(FIRST_PASSES)}", file=sys.stderr)
+    return True
+
+
 def run_in_cache(script: str, spec: str, cache: str | None, prefix: str, measure: Callable[[], dict]) -> dict | None:
     """measure() with inductor's cache in `cache`, or in a temporary folder made empty for it;
     None, once the spec's diagnostics are printed, when the spec does not resolve."""

@@ -3,6 +3,7 @@
     python benchmarks/compile_phases.py hope --loops call           # Hope, the spec's batch and length
     python benchmarks/compile_phases.py titans --batch 2 --seq-len 64 --json out.json
     python benchmarks/compile_phases.py hope --cache DIR            # warm: reuse DIR's compiled graphs
+    python benchmarks/compile_phases.py hope --loops call --first-pass shared  # one set of graphs
 
 Builds the same full training step as `nestc bench` (runtime/bench.py `build_step`), runs it twice
 in this process with an empty inductor cache (a temporary one unless --cache names a folder), and
@@ -19,7 +20,7 @@ import argparse
 import sys
 import time
 
-from bench_cli import bad_loop_mode, report, run_in_cache  # benchmarks/, beside this script
+from bench_cli import bad_first_pass, bad_loop_mode, report, run_in_cache  # benchmarks/, beside this script
 
 # (timer name, label, depth): the pipeline in order, each child indented under its parent.
 # Backward graphs compile when the first backward runs, outside dynamo's frame compiles.
@@ -52,7 +53,8 @@ def phase_rows(metrics: dict[str, list[float]]) -> list[dict]:
     return rows
 
 
-def measure(spec: str, batch: int | None, seq_len: int | None, loops: str, threads: int) -> dict:
+def measure(spec: str, batch: int | None, seq_len: int | None, loops: str, threads: int,
+            first_pass: str = "frozen") -> dict:
     import torch
     from torch._dynamo.utils import compilation_time_metrics
 
@@ -63,7 +65,7 @@ def measure(spec: str, batch: int | None, seq_len: int | None, loops: str, threa
     program = resolve_ref(spec, {})
     b = batch or int(program.train.get("batch", 4))
     t = seq_len or int(program.train.get("seq_len", 128))
-    step, _ = build_step(spec, {}, b, t, compile=True, loops=loops)
+    step, _ = build_step(spec, {}, b, t, compile=True, loops=loops, first_pass=first_pass)
     compilation_time_metrics.clear()
     t0 = time.perf_counter()
     step()
@@ -73,14 +75,15 @@ def measure(spec: str, batch: int | None, seq_len: int | None, loops: str, threa
     step()
     second = time.perf_counter() - t0
     graphs = sorted(metrics.get("fx_codegen_and_compile", []), reverse=True)
-    return {"spec": spec, "batch": b, "seq_len": t, "loops": loops, "threads": threads, "machine": machine("cpu"),
+    return {"spec": spec, "batch": b, "seq_len": t, "loops": loops, "first_pass": first_pass,
+            "threads": threads, "machine": machine("cpu"),
             "first_step_s": first, "second_step_s": second, "phases": phase_rows(metrics),
             "graph_codegen_s": graphs}
 
 
 def render(res: dict) -> str:
     m = res["machine"]
-    lines = [f"compile phases: {res['spec']}, loops {res['loops']}, batch {res['batch']} × seq {res['seq_len']}, "
+    lines = [f"compile phases: {res['spec']}, loops {res['loops']}, first pass {res.get('first_pass', 'frozen')}, batch {res['batch']} × seq {res['seq_len']}, "
              f"{res['threads']} threads",
              f"machine: {m.get('cpu', '?')} ({m.get('cpu_capability') or '?'}); torch {m.get('torch', '?')}; python {m['python']}; "
              f"commit {m['commit'] or '?'}",
@@ -102,16 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("spec", help="a spec file or a built-in name")
     ap.add_argument("--loops", default="unroll", help="unroll, call, scan or region (as nestc bench)")
+    ap.add_argument("--first-pass", default="frozen", help="frozen or shared (as nestc bench)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default: the spec's)")
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the spec's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default=None, help="inductor cache folder (default: a fresh temporary one)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
-    if bad_loop_mode("compile_phases.py", args.loops):
+    if bad_loop_mode("compile_phases.py", args.loops) or bad_first_pass("compile_phases.py", args.first_pass):
         return 2
     res = run_in_cache("compile_phases.py", args.spec, args.cache, "nestc-phases-",
-                       lambda: measure(args.spec, args.batch, args.seq_len, args.loops, args.threads))
+                       lambda: measure(args.spec, args.batch, args.seq_len, args.loops, args.threads,
+                                       args.first_pass))
     if res is None:
         return 2
     return report(render(res), res, args.json)

@@ -42,6 +42,15 @@ def _overrides(sets: list[str]) -> dict[str, str]:
     return result
 
 
+def check_first_pass(name: str) -> str:
+    from .runtime.train import FIRST_PASSES
+
+    if name not in FIRST_PASSES:
+        raise NestError.at(Pos(file="--first-pass"), f"`--first-pass {name}`: not a first-pass mode",
+                           hint="use one of: " + ", ".join(FIRST_PASSES))
+    return name
+
+
 def _run(fn: Callable[[], int | None]) -> None:
     try:
         code = fn()
@@ -273,6 +282,7 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
                                               "trace: unroll (default: one graph per layer), call "
                                               "(each chunk a call of one compiled body: much "
                                               "shorter compile), region or scan (see nestc bench)"),
+          first_pass: Optional[str] = typer.Option(None, "--first-pass", help="with --compile, how the first pass of a model with lss boxes compiles: frozen (default: graphs of its own, faster steps) or shared (through the real pass's graphs: shorter compile, slower steps)"),
           seed: Optional[int] = typer.Option(None, help="random seed"),
           device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
           precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
@@ -297,13 +307,18 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
             if not compile_:
                 raise NestError.at(Pos(file="--loops"), "`--loops` says how a compiled step traces "
                                    "chunk loops, and this run is not compiled", hint="add --compile")
+        if first_pass is not None:
+            check_first_pass(first_pass)
+            if not compile_:
+                raise NestError.at(Pos(file="--first-pass"), "`--first-pass` says how a compiled step "
+                                   "compiles its first pass, and this run is not compiled", hint="add --compile")
         resolve_device(device)  # a bad --device or --precision fails before anything is built
         check_precision(precision)
         compiled = nestc.compile(spec, _overrides(set_))
         flags = dict(device=device, precision=precision, steps=steps, max_minutes=minutes, data=data,
                      tokenizer=tokenizer, batch=batch, seq_len=seq_len, lr=lr, optimizer=optimizer, eval_every=eval_every,
                      checkpoint_every=checkpoint_every, on_nonfinite=on_nonfinite, seed=seed,
-                     lss=lss, compile=compile_ or None, loops=loops)
+                     lss=lss, compile=compile_ or None, loops=loops, first_pass=first_pass)
         return train_command(compiled, flags, out, resume, out_console=out, err_console=err_console)
 
     _run(run)
@@ -359,6 +374,10 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
                                     "unroll (one graph per layer, longer compile), call (the loop between "
                                     "graphs, each chunk a call of one compiled body), scan (body traced "
                                     "once) or region (unrolled calls of one compiled region)"),
+          first_pass: str = typer.Option("frozen", "--first-pass", help="how the compiled step's first "
+                                         "pass (models with lss boxes) compiles: frozen (graphs of its own, "
+                                         "faster steps) or shared (through the real pass's graphs: shorter "
+                                         "compile, slower steps)"),
           json_out: Optional[Path] = typer.Option(None, "--json", help="also write the results here"),
           device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
           precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
@@ -379,6 +398,7 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         if loops not in LOOP_MODES:
             raise NestError.at(Pos(file="--loops"), f"`--loops {loops}`: not a loop mode",
                                hint="use one of: " + ", ".join(LOOP_MODES))
+        check_first_pass(first_pass)
         overrides = _overrides(set_)
         program = resolve_ref(spec, overrides)
         b = batch or int(program.train.get("batch", 4))
@@ -392,7 +412,7 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
 
         warn_if_busy(other_load(), "just before this benchmark")
         res = run_bench(spec, overrides, b, t, warmup, iters, threads, compile=not no_compile,
-                        loops=loops, device=dev, precision=precision)
+                        loops=loops, device=dev, precision=precision, first_pass=first_pass)
         m = res["machine"]
         out.print(f"[bold]nestc bench {spec}[/]  batch {b} × seq {t} = {b * t} tokens/step, "
                   f"{iters} timed steps after {warmup + 1} warm-up")
@@ -400,7 +420,7 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         out.print(f"{m['cpu']}{isa} | {m['threads']} threads | device {m['device']} | {precision} "
                   f"| torch {m['torch']} "
                   f"| python {m['python']} | nestc {m['nestc']}"
-                  + (f" | chunk loops: {loops}" if not no_compile else ""))
+                  + (f" | chunk loops: {loops} | first pass: {first_pass}" if not no_compile else ""))
         on_gpu = "peak_gpu_mb" in res["rows"][0]
         table = Table(header_style="bold")
         for col in ("mode", "step ms (median)", "tokens/s", "compile cold s", "compile warm s",

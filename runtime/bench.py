@@ -66,10 +66,12 @@ def source_commit() -> str | None:
 
 
 def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, seed: int = 0,
-               loops: str = "unroll", device: str = "cpu", precision: str = "fp32"):
+               loops: str = "unroll", device: str = "cpu", precision: str = "fp32",
+               first_pass: str = "frozen"):
     """One full training step of the spec (two-pass loss when it has lss boxes, backward, clip,
     optimizer step), on random byte tokens; returns (step function, model). `loops`: how a
-    compiled step traces chunk loops (nestc.runtime.ops.LOOP_MODES). The model is built on the
+    compiled step traces chunk loops (nestc.runtime.ops.LOOP_MODES); `first_pass`: how it compiles
+    the first pass of a model with lss boxes (nestc.runtime.train.FIRST_PASSES). The model is built on the
     CPU (the same weights everywhere) and moved to `device`; the step returns once the device's
     queued work is done, so a host clock around it times the work. `precision`: fp32, or bf16
     (the forward passes under autocast, as `nestc train --precision bf16` runs them)."""
@@ -83,7 +85,7 @@ def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bo
     dev = torch.device(device)
     model = compiled.model(vocab=256).to(dev)
     optimizer = make_optimizer(compiled, model)
-    fns = make_loss_fns(model, compile=compile, loops=loops)
+    fns = make_loss_fns(model, compile=compile, loops=loops, first_pass=first_pass)
     gen = torch.Generator().manual_seed(seed)
 
     def step():
@@ -117,14 +119,16 @@ def time_steps(step, warmup: int, iters: int) -> tuple[float, list[float]]:
 
 
 def measure(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, warmup: int,
-            iters: int, loops: str = "unroll", device: str = "cpu", precision: str = "fp32") -> dict:
+            iters: int, loops: str = "unroll", device: str = "cpu", precision: str = "fp32",
+            first_pass: str = "frozen") -> dict:
     step, model = build_step(spec, overrides, batch, seq_len, compile, loops=loops, device=device,
-                             precision=precision)
+                             precision=precision, first_pass=first_pass)
     first, times = time_steps(step, warmup, iters)
     med = statistics.median(times)
     gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated(torch.device(device)) / 2**20} \
         if torch.device(device).type == "cuda" else {}
     return {"mode": "compiled" if compile else "eager", "loops": loops if compile else None,
+            "first_pass": first_pass if compile else None,
             "precision": precision, **gpu,
             "first_step_s": first, "median_s": med,
             "min_s": min(times), "max_s": max(times), "tokens_per_s": batch * seq_len / med,
@@ -140,7 +144,7 @@ def _child(args: dict) -> dict:
     code = ("import json, sys, torch; from nestc.runtime.bench import measure; "
             "a = json.loads(sys.argv[1]); torch.set_num_threads(a['threads']); "
             "print(json.dumps(measure(a['spec'], a['overrides'], a['batch'], a['seq_len'], "
-            "a['compile'], a['warmup'], a['iters'], a['loops'], a['device'], a['precision'])))")
+            "a['compile'], a['warmup'], a['iters'], a['loops'], a['device'], a['precision'], a['first_pass'])))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
                          text=True, env=env)
     if out.returncode != 0:
@@ -150,9 +154,10 @@ def _child(args: dict) -> dict:
 
 def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, iters: int,
           threads: int, compile: bool = True, loops: str = "unroll", device: str = "cpu",
-          precision: str = "fp32") -> dict:
+          precision: str = "fp32", first_pass: str = "frozen") -> dict:
     base = dict(spec=spec, overrides=overrides, batch=batch, seq_len=seq_len, warmup=warmup,
-                iters=iters, threads=threads, loops=loops, device=device, precision=precision)
+                iters=iters, threads=threads, loops=loops, device=device, precision=precision,
+                first_pass=first_pass)
     meter = OtherLoad().start()
     rows = [_child(dict(base, compile=False))]
     if compile:

@@ -206,15 +206,31 @@ class LossFns:
     compiled: bool = False  # compiled passes keep one input shape (see `signals`)
 
 
-def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll", **compile_kw) -> LossFns:
+FIRST_PASSES = ("frozen", "shared")
+
+
+def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll",
+                  first_pass: str = "frozen", **compile_kw) -> LossFns:
     """The two passes of a training step, eager or compiled.
 
     Compiled, each layer runs through one torch.compile'd function (fullgraph) that takes the
     layer module as an argument: all layers of one class share a single graph (their parameters
-    are the graph's inputs), so compile time is that of one layer, not of the whole stack. The
-    first pass and the real pass are separate compiled functions, so neither recompiles.
+    are the graph's inputs), so compile time is that of one layer, not of the whole stack.
     `loops` picks how chunk loops trace (nestc.runtime.ops.LOOP_MODES); in mode "call" each chunk
-    loop runs between two graphs of the layer, its body compiled by itself."""
+    loop runs between two graphs of the layer, its body compiled by itself.
+
+    `first_pass` (compiled only; FIRST_PASSES) says how the first pass of a model with lss boxes
+    compiles. "frozen" (the default, faster steps): a compiled function of its own, run with the
+    parameters frozen and the lss boxes reading their initial state, so its backward computes
+    the probes' gradients only; it compiles a second set of graphs. "shared" (a shorter cold
+    compile): the first pass runs through the real pass's compiled code and graphs, with zero
+    signals (under which the lss boxes learn nothing, so they read their initial state, as the
+    frozen pass's do) and the probes added to their outputs; the real pass adds zero probes
+    that require grad too, so both passes pass the same guards. Its steps are slower: the first
+    pass's backward also computes the parameters' gradients (discarded), and the boxes run their
+    (zero) updates."""
+    if first_pass not in FIRST_PASSES:
+        raise ValueError(f"first pass must be one of {FIRST_PASSES}, got {first_pass!r}")
     if not compile:
         def eager_probe(x, y, probes, mask=None):
             with frozen(model):
@@ -230,8 +246,20 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     compile_kw.setdefault("dynamic", False)
     set_loop_mode(loops, compile_kw)
     run_main = _compiled_layer(probing=False, **compile_kw)
-    run_probe = _compiled_layer(probing=True, **compile_kw)
     head = torch.compile(_head_loss, fullgraph=True, **compile_kw)  # a graph per pass (frozen or not)
+
+    if first_pass == "shared":
+        def main_shared(x, y, lss):
+            zero_probes = {k: torch.zeros_like(v).requires_grad_() for k, v in lss.items()}
+            return head(model, _layers(model, run_main, model.embed(x), lss, zero_probes), y, None) / x.shape[0]
+
+        def probe_shared(x, y, probes, mask=None):
+            zero_signals = {k: torch.zeros_like(v) for k, v in probes.items()}
+            return head(model, _layers(model, run_main, model.embed(x), zero_signals, probes), y, mask)
+
+        return LossFns(main_shared, probe_shared, compiled=True)
+
+    run_probe = _compiled_layer(probing=True, **compile_kw)
 
     def main(x, y, lss):
         return head(model, _layers(model, run_main, model.embed(x), lss), y, None) / x.shape[0]
@@ -249,8 +277,8 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
 
 
 def _compiled_layer(probing: bool, **compile_kw):
-    def run(layer: nn.Module, h: Tensor, signals_: dict[str, Tensor]) -> Tensor:
-        out, _ = layer(h, layer.initial_state(h.shape[0]), Ctx(probing=probing, lss=signals_))
+    def run(layer: nn.Module, h: Tensor, signals_: dict[str, Tensor], probes_: dict[str, Tensor]) -> Tensor:
+        out, _ = layer(h, layer.initial_state(h.shape[0]), Ctx(probing=probing, lss=signals_, probes=probes_))
         return out
 
     from .ops import loop_mode
@@ -259,11 +287,14 @@ def _compiled_layer(probing: bool, **compile_kw):
     return torch.compile(run, fullgraph=loop_mode() != "call", **compile_kw)
 
 
-def _layers(model: nn.Module, run: Callable, h: Tensor, lss: dict[str, Tensor]) -> Tensor:
-    for i, layer in enumerate(model.layers):
+def _layers(model: nn.Module, run: Callable, h: Tensor, lss: dict[str, Tensor],
+            probes: dict[str, Tensor] | None = None) -> Tensor:
+    def mine(signals: dict[str, Tensor], i: int) -> dict[str, Tensor]:
         # keys relative to the layer ("0.<box>"), so the compiled graph does not depend on i
-        mine = {"0." + k.split(".", 1)[1]: v for k, v in lss.items() if k.split(".", 1)[0] == str(i)}
-        h = run(layer, h, mine)
+        return {"0." + k.split(".", 1)[1]: v for k, v in signals.items() if k.split(".", 1)[0] == str(i)}
+
+    for i, layer in enumerate(model.layers):
+        h = run(layer, h, mine(lss, i), mine(probes or {}, i))
     return h
 
 

@@ -46,6 +46,7 @@ class TrainConfig:
     lss: str = "sequence"  # local surprise signals in training: sequence | causal (see train.signals)
     compile: bool = False
     loops: str = "unroll"  # how a compiled step traces chunk loops (nestc.runtime.ops.LOOP_MODES)
+    first_pass: str = "frozen"  # how a compiled step compiles its first pass (train.FIRST_PASSES)
     data: str | None = None  # None: the embedded corpus
     tokenizer: str = "byte"
     holdout: float = 0.05
@@ -129,7 +130,7 @@ class Trainer:
         settings = {"lr": cfg.lr} if cfg.lr is not None else None
         self.optimizer: LevelOptimizer = make_optimizer(compiled, self.model, cfg.optimizer, settings)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.fns = make_loss_fns(self.model, compile=cfg.compile, loops=cfg.loops)
+        self.fns = make_loss_fns(self.model, compile=cfg.compile, loops=cfg.loops, first_pass=cfg.first_pass)
         self.step = 0
         self.tokens_seen = 0
         self.log: MetricsLog | None = None

@@ -379,6 +379,8 @@ class BlockGen:
                           f"R.heads(ctx.signal({b.qualname!r}), {h})")
                 self.line("else:")
                 self.line(f"    {out}, state[{key!r}] = {call}")
+                self.line("    if ctx.probes:  # a first pass through this code (zero signals): the probe's gradient is the signal")
+                self.line(f"        {out} = {out} + R.heads(ctx.probe({b.qualname!r}), {h})")
             else:
                 self.line(f"{out}, state[{key!r}] = {call}")
         elif plan.rule == "memory_general":

@@ -182,6 +182,62 @@ def test_compiled_first_pass_gives_eager_signals_and_leaves_parameters_alone():
         fns.main(x, y, signals(model, fns, x, y)).backward()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("loops", ["unroll", "call"])
+def test_shared_first_pass_compiles_no_graph_of_its_own_and_gives_eager_signals(loops, request):
+    """first_pass "shared" (runtime/train.py make_loss_fns): the first pass runs through the real
+    pass's compiled code, with zero signals and the probes added after the lss boxes learn.
+    Once the real pass has compiled, the first pass compiles no graph of its own; its signals,
+    the loss and every parameter's gradient are eager's; a first pass leaves no gradient on any
+    parameter; nothing recompiles on the next step."""
+    from torch._dynamo.utils import counters
+
+    from nestc.runtime.ops import set_loop_mode
+
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = small("hope").model()
+    x = torch.randint(0, 256, (2, 16))
+    y = torch.randint(0, 256, (2, 16))
+    params = list(model.parameters())
+    eager_fns = make_loss_fns(model)
+    eager_lss = signals(model, eager_fns, x, y)
+    eager_loss = eager_fns.main(x, y, eager_lss)
+    eager = torch.autograd.grad(eager_loss, params, allow_unused=True)
+
+    fns = make_loss_fns(model, compile=True, loops=loops, first_pass="shared")
+    fns.main(x, y, {k: torch.zeros_like(v) for k, v in eager_lss.items()}).backward()  # compiles the real pass
+    for p in params:
+        p.grad = None
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    lss = signals(model, fns, x, y)
+    assert counters["stats"]["unique_graphs"] == graphs  # the first pass reused the real pass's graphs
+    assert all(p.grad is None for p in params)
+    assert eager_lss and lss.keys() == eager_lss.keys()
+    for k in eager_lss:
+        assert eager_lss[k].abs().max() > 0
+        torch.testing.assert_close(lss[k], eager_lss[k], rtol=1e-4, atol=1e-7)
+    loss = fns.main(x, y, lss)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+    compiled = torch.autograd.grad(loss, params, allow_unused=True)
+    for (pname, _), a, b in zip(model.named_parameters(), eager, compiled):
+        if a is None:
+            assert b is None or b.abs().max() == 0
+            continue
+        scale = a.abs().max().item()
+        assert scale > 0 and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale), pname
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        fns.main(x, y, signals(model, fns, x, y)).backward()
+
+
+def test_an_unknown_first_pass_mode_is_refused():
+    model = small("hope").model()
+    with pytest.raises(ValueError, match="frozen"):
+        make_loss_fns(model, compile=True, first_pass="thawed")
+
+
 def test_frozen_restores_the_flags_after_an_error():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     model[1].bias.requires_grad_(False)  # a parameter frozen by the user stays frozen

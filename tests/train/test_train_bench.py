@@ -1,5 +1,5 @@
 """`nestc bench`: the table's rows as JSON, the chunk-loop mode reaching the compiled step's
-process, and a clean error for a mode that does not exist. Tiny sizes: this is about plumbing,
+process (and the first-pass mode), and a clean error for a mode that does not exist. Tiny sizes: this is about plumbing,
 not speed (timings are benchmarks, never assertions)."""
 
 from __future__ import annotations
@@ -16,16 +16,18 @@ TINY_TITANS = {"d_model": "32", "heads": "2", "n_layers": "1", "chunk": "8"}
 
 
 def test_bench_writes_eager_and_compiled_rows_with_the_loop_mode(tmp_path):
-    loops = "scan"  # not the default, so the row shows that the option reached the child process
+    loops = "scan"  # not the defaults, so the rows show that the options reached the child process
     out = tmp_path / "bench.json"
     r = nestc_cli("bench", "titans", "--batch", "1", "--seq-len", "16", "--warmup", "0", "--iters", "1",
-                  "--threads", "1", "--loops", loops, "--json", out, *sets(TINY_TITANS), timeout=600)
+                  "--threads", "1", "--loops", loops, "--first-pass", "shared", "--json", out,
+                  *sets(TINY_TITANS), timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"chunk loops: {loops}" in r.stdout
+    assert f"chunk loops: {loops} | first pass: shared" in r.stdout
     res = json.loads(out.read_text())
     eager, compiled = res["rows"]
-    assert (eager["mode"], eager["loops"]) == ("eager", None)
-    assert (compiled["mode"], compiled["loops"]) == ("compiled", loops)  # what the child process ran
+    assert (eager["mode"], eager["loops"], eager["first_pass"]) == ("eager", None, None)
+    # what the child process ran
+    assert (compiled["mode"], compiled["loops"], compiled["first_pass"]) == ("compiled", loops, "shared")
     assert res["overrides"] == TINY_TITANS and res["batch"] * res["seq_len"] == 16
     for row in (eager, compiled):
         assert row["median_s"] > 0 and row["tokens_per_s"] == pytest.approx(16 / row["median_s"])
@@ -39,3 +41,8 @@ def test_bench_writes_eager_and_compiled_rows_with_the_loop_mode(tmp_path):
 def test_bench_rejects_an_unknown_loop_mode():
     r = nestc_cli("bench", "titans", "--loops", "weave")
     assert_user_error(r, "--loops", "weave", "unroll", "scan", "region")
+
+
+def test_bench_rejects_an_unknown_first_pass():
+    r = nestc_cli("bench", "hope", "--first-pass", "thawed")
+    assert_user_error(r, "--first-pass", "thawed", "frozen", "shared")

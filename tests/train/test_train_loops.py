@@ -1,6 +1,8 @@
-"""`nestc train --compile --loops MODE`: a compiled run whose chunk loops are compiled regions,
-or calls of a body compiled by itself, follows the eager run (same data, same seed) and records the mode; a mode nestc does not know,
-or --loops without --compile, is a one-screen error (exit 2) before anything is built."""
+"""`nestc train --compile --loops MODE [--first-pass shared]`: a compiled run whose chunk loops are
+compiled regions, or calls of a body compiled by itself, follows the eager run (same data, same
+seed) and records the mode, as does one whose first pass runs through the real pass's graphs; a
+mode nestc does not know, or --loops / --first-pass without --compile, is a one-screen error
+(exit 2) before anything is built."""
 
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ def losses(run_dir, **kw) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["region", "call"])
-def test_a_compiled_run_with_regions_or_calls_follows_the_eager_run(tmp_path, mode):
+@pytest.mark.parametrize("mode,first_pass", [("region", "frozen"), ("call", "frozen"), ("call", "shared")])
+def test_a_compiled_run_with_regions_or_calls_follows_the_eager_run(tmp_path, mode, first_pass):
     try:
         eager = losses(tmp_path / "eager")
-        compiled = losses(tmp_path / mode, compile=True, loops=mode)
+        compiled = losses(tmp_path / mode, compile=True, loops=mode, first_pass=first_pass)
         assert loop_mode() == mode  # the trainer really asked for this mode
     finally:
         set_loop_mode("unroll")
@@ -36,11 +38,24 @@ def test_a_compiled_run_with_regions_or_calls_follows_the_eager_run(tmp_path, mo
     assert compiled == pytest.approx(eager, rel=1e-4)
     _, meta = load_checkpoint(tmp_path / mode / "last.safetensors")
     assert meta["config"]["loops"] == mode and meta["config"]["compile"] is True
+    assert meta["config"]["first_pass"] == first_pass
 
 
 def test_an_unknown_loop_mode_is_a_user_error(tmp_path):
     r = nestc_cli("train", "hope", "--compile", "--loops", "weave", "--out", tmp_path / "run")
     assert_user_error(r, "--loops", "weave", "unroll", "region")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_first_pass_is_a_user_error(tmp_path):
+    r = nestc_cli("train", "hope", "--compile", "--first-pass", "thawed", "--out", tmp_path / "run")
+    assert_user_error(r, "--first-pass", "thawed", "frozen", "shared")
+    assert not (tmp_path / "run").exists()
+
+
+def test_first_pass_without_compile_is_a_user_error(tmp_path):
+    r = nestc_cli("train", "hope", "--first-pass", "shared", "--out", tmp_path / "run")
+    assert_user_error(r, "--first-pass", "not compiled", "--compile")
     assert not (tmp_path / "run").exists()
 
 
