@@ -158,6 +158,11 @@ def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, ite
     base = dict(spec=spec, overrides=overrides, batch=batch, seq_len=seq_len, warmup=warmup,
                 iters=iters, threads=threads, loops=loops, device=device, precision=precision,
                 first_pass=first_pass)
+    if compile and first_pass == "shared":  # refused here, as one error, not in a child process
+        import nestc
+        from nestc.runtime.train import check_shared_first_pass
+
+        check_shared_first_pass(nestc.compile(spec, overrides).model(vocab=256))
     meter = OtherLoad().start()
     rows = [_child(dict(base, compile=False))]
     if compile:

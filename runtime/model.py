@@ -37,6 +37,11 @@ class LanguageModel(nn.Module):
                 sites.append((f"{i}.{name}", width))
         return sites
 
+    def lss_moved_by_zero(self) -> list[tuple[str, str]]:
+        """(key, why) of every lss box that a zero signal would still move off its initial state."""
+        return [(f"{i}.{name}", why) for i, layer in enumerate(self.layers)
+                for name, why in getattr(layer, "LSS_MOVED_BY_ZERO", ())]
+
     def lss_periods(self) -> dict[str, int]:
         """key -> chunk size in tokens of every lss box (when its signals are made causal)."""
         return {f"{i}.{name}": period for i, layer in enumerate(self.layers)

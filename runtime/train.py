@@ -123,8 +123,13 @@ def make_optimizer(compiled, model: nn.Module, override: str | None = None,
         entries += list(rest.module.OPTIMIZERS)
         entries[-1] = (entries[-1][0], "rest", entries[-1][2], entries[-1][3])
         infos += list(rest.program.optimizers)
-    if not entries:
-        raise ValueError(f"{compiled.program.name} has no optimizer: give its train section one")
+    if not entries:  # bad input, not a bug: the spec has no train section's optimizer
+        from nestc.diagnostics import NestError, Pos
+
+        raise NestError.at(Pos(file=compiled.program.path or compiled.program.name),
+                           f"spec {compiled.program.name} has no optimizer to train with",
+                           hint="give it a train section with an optimizer (e.g. `train { optimizer "
+                                "adamw(lr=1e-3) }`), or pass --optimizer adamw")
     groups = partition(model)
     built: list[tuple[torch.optim.Optimizer, int]] = []
     taken: set[int] = set()
@@ -209,6 +214,19 @@ class LossFns:
 FIRST_PASSES = ("frozen", "shared")
 
 
+def check_shared_first_pass(model: nn.Module) -> None:
+    """A user error unless a zero signal leaves every lss box of `model` at its initial state
+    (what first pass "shared" relies on; the code generator lists the boxes it would move)."""
+    moved = getattr(model, "lss_moved_by_zero", list)()
+    if moved:
+        from nestc.diagnostics import NestError, Pos
+
+        key, why = moved[0]
+        raise NestError.at(Pos(file="--first-pass"), f"`--first-pass shared` needs a zero local surprise "
+                           f"signal to leave every lss box at its initial state, and box {key} moves: {why}",
+                           hint="use --first-pass frozen (the default) for this spec")
+
+
 def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll",
                   first_pass: str = "frozen", **compile_kw) -> LossFns:
     """The two passes of a training step, eager or compiled.
@@ -225,12 +243,15 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     the probes' gradients only; it compiles a second set of graphs. "shared" (a shorter cold
     compile): the first pass runs through the real pass's compiled code and graphs, with zero
     signals (under which the lss boxes learn nothing, so they read their initial state, as the
-    frozen pass's do) and the probes added to their outputs; the real pass adds zero probes
+    frozen pass's do; a model whose lss boxes a zero signal would move, `lss_moved_by_zero`, is
+    refused) and the probes added to their outputs; the real pass adds zero probes
     that require grad too, so both passes pass the same guards. Its steps are slower: the first
     pass's backward also computes the parameters' gradients (discarded), and the boxes run their
     (zero) updates."""
     if first_pass not in FIRST_PASSES:
         raise ValueError(f"first pass must be one of {FIRST_PASSES}, got {first_pass!r}")
+    if compile and first_pass == "shared":
+        check_shared_first_pass(model)
     if not compile:
         def eager_probe(x, y, probes, mask=None):
             with frozen(model):

@@ -63,6 +63,8 @@ class BlockGen:
         self.body: list[str] = []
         self.state_lines: list[str] = []
         self.lss_sites: list[tuple[str, int, int]] = []  # (box, width, chunk)
+        # (box, why): lss boxes that a zero signal would still move off their initial state
+        self.lss_moved_by_zero: list[tuple[str, str]] = []
         self.methods: list[str] = []  # chunk-loop bodies that run as methods (see `loop`)
         self.refs: dict[str, BoxRef] = {}
         self.subs: dict[str, str] = {}  # block name -> attribute
@@ -374,6 +376,9 @@ class BlockGen:
                     f"beta={beta}, query={q}, out_grad={grad}, flush={flush})")
             if plan.lss:
                 self.lss_sites.append((b.qualname, b.heads * b.state.d_out, b.freq.period))
+                moved = _moved_by_zero_signal(plan, gate)
+                if moved:
+                    self.lss_moved_by_zero.append((b.qualname, moved))
                 self.line("if ctx.probing:  # first pass: the initial state; the probe's gradient is the signal")
                 self.line(f"    {out} = self.{ref.attr}.apply_initial({q}) + "
                           f"R.heads(ctx.signal({b.qualname!r}), {h})")
@@ -738,12 +743,17 @@ class BlockGen:
         out = [f"class {cls}(nn.Module):", f'    """{one_line(doc)}"""', ""]
         sites = [f"        ({name!r}, {width})," for name, width, _ in self.lss_sites]
         periods = [f"        ({name!r}, {period})," for name, _, period in self.lss_sites]
+        moved = [f"        ({name!r}, {why!r})," for name, why in self.lss_moved_by_zero]
         for qual, attr in self.subs.items():
             sites.append(f"        *{self.classes[qual]}.LSS_SITES,")
             periods.append(f"        *{self.classes[qual]}.LSS_PERIODS,")
+            moved.append(f"        *{self.classes[qual]}.LSS_MOVED_BY_ZERO,")
         out.append("    LSS_SITES = (" + ("\n" + "\n".join(sites) + "\n    )" if sites else ")"))
         # the chunk size of each lss box, in tokens (signals that see no later target need it)
         out.append("    LSS_PERIODS = (" + ("\n" + "\n".join(periods) + "\n    )" if periods else ")"))
+        # lss boxes a zero signal still moves off their initial state, and why (a shared first
+        # pass, nestc.runtime.train.make_loss_fns, relies on zero signals moving none)
+        out.append("    LSS_MOVED_BY_ZERO = (" + ("\n" + "\n".join(moved) + "\n    )" if moved else ")"))
         out += ["", "    def __init__(self):", "        super().__init__()"]
         out += ["        " + line for line in self.inits] or ["        pass"]
         out += ["", "    def initial_state(self, batch):", "        return {"]
@@ -771,6 +781,21 @@ def _own_output(values: ir.Expr | None) -> tuple[ir.Expr, bool] | None:
     if (isinstance(inner, ir.Call) and inner.func == "M" and len(inner.args) == 1 and not inner.kwargs
             and not _mentions_m(inner.args[0])):
         return inner.args[0], stop
+    return None
+
+
+def _moved_by_zero_signal(plan, gate: str) -> str | None:
+    """Why a zero local surprise signal would still change a deep memory (None when it leaves it
+    at its initial state): only the dot objective's gradient vanishes with its target, and a
+    retention gate or DGD's decay changes the state without any gradient."""
+    obj = plan.objective
+    if obj is None or obj.kind != "dot":
+        return f"its objective ({obj.kind if obj else 'none'}) has a gradient at a zero signal"
+    if gate != "None":
+        return "its retention gate decays the state without a signal"
+    opt = plan.optimizer.kind if plan.optimizer else "gd"
+    if opt not in ("gd", "momentum"):
+        return f"its optimizer ({opt}) changes the state without a signal"
     return None
 
 
