@@ -27,6 +27,14 @@ def alternating_rounds(steps: dict[str, Callable[[], object]], select: Callable[
     return times
 
 
+def print_machine() -> None:
+    """One line naming the CPU, torch and the commit measured (a results file's header)."""
+    from nestc.runtime.bench import machine
+
+    m = machine("cpu")
+    print(f"machine: {m['cpu']} ({m.get('cpu_capability')}); torch {m['torch']}; commit {m['commit']}")
+
+
 def print_rounds(times: dict[str, list[float]], slower: str, faster: str) -> None:
     """Each variant's median and every round (the first round, still warming, is left out of the
     medians), then the per-round ratio slower/faster and its median."""
@@ -69,18 +77,19 @@ def same_numbers(names: Iterable[str], select: Callable[[str], None], spec: str 
 
 
 def compiled_steps(names: Iterable[str], select: Callable[[str], None], loops: str,
-                   spec: str = "hope") -> dict[str, Callable[[], object]]:
+                   spec: str = "hope", options: dict[str, dict] | None = None) -> dict[str, Callable[[], object]]:
     """Each variant's compiled training step (its own model and graphs, `nestc bench`'s step at
-    batch 4 x 128), compiled by a first step whose time is printed."""
+    batch 4 x 128, with `options[name]`'s extra `build_step` keywords), compiled by a first step
+    whose time and loss are printed."""
     from nestc.runtime.bench import build_step
 
     steps = {}
     for name in names:
         select(name)
-        step, _ = build_step(spec, {}, 4, 128, compile=True, loops=loops)
+        step, _ = build_step(spec, {}, 4, 128, compile=True, loops=loops, **(options or {}).get(name, {}))
         t0 = time.perf_counter()
-        step()
-        print(name, "first step", round(time.perf_counter() - t0, 1), "s", flush=True)
+        loss = step()
+        print(name, "first step", round(time.perf_counter() - t0, 1), "s, loss", round(loss, 6), flush=True)
         steps[name] = step
     return steps
 

@@ -38,6 +38,20 @@ def call_mode(request):
     request.addfinalizer(lambda: R.set_loop_mode("unroll"))
 
 
+def _collected_call_mode() -> list:
+    """Loop mode "call" from a fresh dynamo state, its bodies' graphs collected in the list
+    returned (run as traced, without inductor)."""
+    torch._dynamo.reset()
+    steps = []
+
+    def backend(gm, inputs):
+        steps.append(gm)
+        return gm.forward
+
+    R.set_loop_mode("call", {"backend": backend})
+    return steps
+
+
 def _inputs(case, seed=0):
     settings, _, self_values, gated, momentum = CASES[case]
     g = torch.Generator().manual_seed(seed)
@@ -101,14 +115,7 @@ def test_the_chunk_step_compiles_once_for_every_chunk_memory_and_call(call_mode)
     """Four chunks, two memories of one box (two layers), two calls: one compiled step. Its first
     chunk gets the broadcast initial state, and would compile a variant of its own unless the
     loop gives it the layout and requires_grad of the later ones."""
-    torch._dynamo.reset()
-    steps = []
-
-    def backend(gm, inputs):
-        steps.append(gm)
-        return gm.forward
-
-    R.set_loop_mode("call", {"backend": backend})
+    steps = _collected_call_mode()
     memories = [_memory("dgd_self_values"), _memory("dgd_self_values")]
     fn = torch.compile(lambda m, *a: _run(m, "dgd_self_values", *a), backend="eager")
     for seed in range(2):
@@ -123,14 +130,7 @@ def test_a_gradient_that_reads_the_span_keeps_the_unrolled_loop(call_mode):
     """An objective gradient that reads another stream at the chunk's span (a closure, as the
     code generator writes one) cannot be told the span inside one compiled step: the loop
     stays in the caller's graph, and still equals eager."""
-    torch._dynamo.reset()
-    steps = []
-
-    def backend(gm, inputs):
-        steps.append(gm)
-        return gm.forward
-
-    R.set_loop_mode("call", {"backend": backend})
+    steps = _collected_call_mode()
     memory = _memory("gd_dot")
     keys, target, query, lr, gate, beta = _inputs("gd_dot")
     weight = torch.rand(B, H, T, 1, dtype=torch.float64)

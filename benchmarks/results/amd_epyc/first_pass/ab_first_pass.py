@@ -9,7 +9,6 @@ not cold compiles: the variant built second finds the chunk bodies the first one
 classes, same options). Cold compiles come from `compile_phases.py` and `nestc bench`.
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -17,18 +16,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[3]))
 sys.path.insert(0, str(HERE.parents[2]))  # benchmarks/
-from ab_rounds import alternating_rounds, print_rounds
-from nestc.runtime.bench import build_step, machine
+from ab_rounds import alternating_rounds, compiled_steps, print_machine, print_rounds
 
 torch.set_num_threads(2)
-m = machine("cpu")
-print(f"machine: {m['cpu']} ({m.get('cpu_capability')}); torch {m['torch']}; commit {m['commit']}")
-steps = {}
-for name in ("frozen", "shared"):
-    step, _ = build_step("hope", {}, 4, 128, compile=True, loops="call", first_pass=name)
-    t0 = time.perf_counter()
-    loss = step()
-    print(name, "first step", round(time.perf_counter() - t0, 1), "s, loss", round(loss, 6), flush=True)
-    steps[name] = step
+print_machine()
+names = ("frozen", "shared")
+steps = compiled_steps(names, lambda name: None, "call", options={n: {"first_pass": n} for n in names})
 times = alternating_rounds(steps, lambda name: None, rounds=8)
 print_rounds(times, "shared", "frozen")

@@ -10,7 +10,6 @@ then the two step in turn, the order flipped every round. The first-step times p
 clean cold compiles (the second variant finds the block loop bodies the first compiled).
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -18,13 +17,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[3]))
 sys.path.insert(0, str(HERE.parents[2]))  # benchmarks/
-from ab_rounds import alternating_rounds, print_rounds
-from nestc.runtime.bench import build_step, machine
+from ab_rounds import alternating_rounds, compiled_steps, print_machine, print_rounds
 from nestc.runtime.memory import DeepMemory
 
 torch.set_num_threads(2)
-m = machine("cpu")
-print(f"machine: {m['cpu']} ({m.get('cpu_capability')}); torch {m['torch']}; commit {m['commit']}")
+print_machine()
 repo_can_call = DeepMemory._can_call
 variants = {"unrolled": lambda self, *a: False, "chunk_calls": repo_can_call}
 
@@ -33,13 +30,6 @@ def select(name):
     DeepMemory._can_call = variants[name]
 
 
-steps = {}
-for name in variants:
-    select(name)
-    step, _ = build_step("hope", {}, 4, 128, compile=True, loops="call")
-    t0 = time.perf_counter()
-    loss = step()
-    print(name, "first step", round(time.perf_counter() - t0, 1), "s, loss", round(loss, 6), flush=True)
-    steps[name] = step
+steps = compiled_steps(variants, select, "call")
 times = alternating_rounds(steps, select, rounds=8)
 print_rounds(times, "unrolled", "chunk_calls")
