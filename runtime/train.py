@@ -11,7 +11,9 @@ they learn from those signals chunk by chunk; the second pass's loss trains the 
 
 from __future__ import annotations
 
+import itertools
 import math
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -267,7 +269,8 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     compile_kw.setdefault("dynamic", False)
     set_loop_mode(loops, compile_kw)
     run_main = _compiled_layer(probing=False, **compile_kw)
-    head = torch.compile(_head_loss, fullgraph=True, **compile_kw)  # a graph per pass (frozen or not)
+    # a graph per pass (frozen or not)
+    head = torch.compile(own_code(_head_loss), fullgraph=True, **compile_kw)
 
     if first_pass == "shared":
         def main_shared(x, y, lss):
@@ -305,7 +308,19 @@ def _compiled_layer(probing: bool, **compile_kw):
     from .ops import loop_mode
 
     # loop mode "call" runs chunk loops between graphs (a graph break at each, nestc.runtime.ops)
-    return torch.compile(run, fullgraph=loop_mode() != "call", **compile_kw)
+    return torch.compile(own_code(run), fullgraph=loop_mode() != "call", **compile_kw)
+
+
+_CODE_COPIES = itertools.count()
+
+
+def own_code(fn: Callable) -> Callable:
+    """`fn` with a code object of its own. Dynamo keeps a function's compiled variants, and its
+    limit on them (8), per code object: without a copy, every model a process compiles (a test
+    session, a notebook) would add its variants of these few functions to one shared budget,
+    and the ninth would fail in a fullgraph compile."""
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_CODE_COPIES)}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
 def _layers(model: nn.Module, run: Callable, h: Tensor, lss: dict[str, Tensor],

@@ -233,6 +233,19 @@ def test_shared_first_pass_compiles_no_graph_of_its_own_and_gives_eager_signals(
         fns.main(x, y, signals(model, fns, x, y)).backward()
 
 
+def test_many_models_in_one_process_each_get_their_own_compile_budget():
+    """Dynamo keeps compiled variants, and its limit of 8 on them, per code object. Every model
+    adds its own variants of the step's compiled functions (two passes, a layer class of its
+    own), so a process that trains several models (a test session, a notebook) must not pool
+    them in one budget: the ninth variant of a fullgraph function is a hard error."""
+    torch._dynamo.reset()
+    x = torch.randint(0, 256, (2, 16))
+    for _ in range(6):  # 6 models x 2 passes: 12 variants of the layer and head functions
+        model = small("cms").model()
+        fns = make_loss_fns(model, compile=True, backend="eager")
+        fns.main(x, x, signals(model, fns, x, x)).backward()
+
+
 def test_an_unknown_first_pass_mode_is_refused():
     model = small("hope").model()
     with pytest.raises(ValueError, match="frozen"):
