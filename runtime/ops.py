@@ -299,13 +299,20 @@ def compiled_fn(owner: type, name: str, fn):
     """`fn` compiled with loop mode "call"'s options, once per (owner class, name). Each gets a
     code object of its own: dynamo keeps its compiled variants (and its limit on them) per code
     object, and one loop's variants should not use up another's."""
-    import types
-
     bodies = _COMPILED_BODIES.setdefault(owner, {})
     if name not in bodies:
-        code = fn.__code__.replace(co_name=f"{owner.__name__}_{name}")
-        bodies[name] = torch.compile(types.FunctionType(code, fn.__globals__, code.co_name), **_body_options)
+        bodies[name] = torch.compile(renamed(fn, f"{owner.__name__}_{name}"), **_body_options)
     return bodies[name]
+
+
+def renamed(fn, name: str):
+    """`fn` with a copy of its code object named `name` (same globals, defaults and closure).
+    Dynamo keeps compiled variants, and its limit on them, per code object: a copy gets a cache
+    and a budget of its own."""
+    import types
+
+    code = fn.__code__.replace(co_name=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
 def _moved_on(new_state: dict, state: dict, carried: list[str], t: int) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -319,8 +318,9 @@ def own_code(fn: Callable) -> Callable:
     limit on them (8), per code object: without a copy, every model a process compiles (a test
     session, a notebook) would add its variants of these few functions to one shared budget,
     and the ninth would fail in a fullgraph compile."""
-    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_CODE_COPIES)}")
-    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    from .ops import renamed
+
+    return renamed(fn, f"{fn.__code__.co_name}_{next(_CODE_COPIES)}")
 
 
 def _layers(model: nn.Module, run: Callable, h: Tensor, lss: dict[str, Tensor],
