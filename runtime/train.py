@@ -267,27 +267,22 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     # loops send sympy into a search of tens of minutes (seen with a second Titans layer size).
     compile_kw.setdefault("dynamic", False)
     set_loop_mode(loops, compile_kw)
+    shared = first_pass == "shared"
     run_main = _compiled_layer(probing=False, **compile_kw)
+    run_probe = None if shared else _compiled_layer(probing=True, **compile_kw)
     # a graph per pass (frozen or not)
     head = torch.compile(own_code(_head_loss), fullgraph=True, **compile_kw)
 
-    if first_pass == "shared":
-        def main_shared(x, y, lss):
-            zero_probes = {k: torch.zeros_like(v).requires_grad_() for k, v in lss.items()}
-            return head(model, _layers(model, run_main, model.embed(x), lss, zero_probes), y, None) / x.shape[0]
-
-        def probe_shared(x, y, probes, mask=None):
-            zero_signals = {k: torch.zeros_like(v) for k, v in probes.items()}
-            return head(model, _layers(model, run_main, model.embed(x), zero_signals, probes), y, mask)
-
-        return LossFns(main_shared, probe_shared, compiled=True)
-
-    run_probe = _compiled_layer(probing=True, **compile_kw)
-
     def main(x, y, lss):
-        return head(model, _layers(model, run_main, model.embed(x), lss), y, None) / x.shape[0]
+        # shared: zero probes that require grad, so that this pass and the first pass it shares
+        # its graphs with pass the same guards
+        probes = {k: torch.zeros_like(v).requires_grad_() for k, v in lss.items()} if shared else None
+        return head(model, _layers(model, run_main, model.embed(x), lss, probes), y, None) / x.shape[0]
 
     def probe(x, y, probes, mask=None):
+        if shared:  # the real pass's code; zero signals leave the lss boxes at their initial state
+            zero_signals = {k: torch.zeros_like(v) for k, v in probes.items()}
+            return head(model, _layers(model, run_main, model.embed(x), zero_signals, probes), y, mask)
         with frozen(model):
             # Frozen, the embedding's output needs no grad while later layers' inputs do (they
             # depend on the probes), so layer 0 compiles a graph of its own here. Deliberately:
