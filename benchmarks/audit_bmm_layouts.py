@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--loops", default="unroll", help="unroll, call, scan or region (as nestc bench)")
+    ap.add_argument("--first-pass", default="frozen", help="frozen or shared (as nestc bench)")
     ap.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",
                     help="a torch._inductor.config setting to try, e.g. loop_ordering_after_fusion=False")
     args = ap.parse_args()
@@ -44,7 +46,8 @@ def main() -> None:
         name, _, value = item.partition("=")
         setattr(inductor_config, name, {"True": True, "False": False}.get(value, value))
     overrides = dict(item.split("=", 1) for item in args.set)
-    step, _ = build_step(args.spec, overrides, args.batch, args.seq, compile=True)
+    step, _ = build_step(args.spec, overrides, args.batch, args.seq, compile=True, loops=args.loops,
+                         first_pass=args.first_pass)
     start = time.perf_counter()
     step()
     compile_s = time.perf_counter() - start
@@ -76,7 +79,8 @@ def main() -> None:
         times.append(time.perf_counter() - start)
 
     m = machine()
-    print(f"{args.spec} {overrides or ''} batch {args.batch} seq {args.seq}; inductor {args.inductor or 'defaults'}")
+    print(f"{args.spec} {overrides or ''} batch {args.batch} seq {args.seq}, loops {args.loops}, first pass "
+          f"{args.first_pass}; inductor {args.inductor or 'defaults'}")
     print(f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}, python {m['python']}, nestc {m['nestc']}")
     print(f"cold compile + first step {compile_s:.0f} s; compiled step (median of 3) {sorted(times)[1]:.3f} s")
     print(f"extern bmm calls per step: {calls['all']}; falling back to a per-item loop: {sum(unbatched.values())}")

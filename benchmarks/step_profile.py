@@ -44,7 +44,7 @@ import statistics
 import sys
 import time
 
-from bench_cli import bad_loop_mode, report, run_in_cache  # benchmarks/, beside this script
+from bench_cli import bad_first_pass, bad_loop_mode, report, run_in_cache  # benchmarks/, beside this script
 from scalar_loops import kernel_sources, scalar_iterations
 
 # a kernel counts as running scalar when a loop nest of at least this many iterations has no
@@ -103,7 +103,7 @@ def aten_by_shape(prof, steps: int) -> list[dict]:
 
 
 def profile_step(spec: str, mode: str, batch: int | None, seq_len: int | None, loops: str,
-                 threads: int, steps: int) -> dict:
+                 threads: int, steps: int, first_pass: str = "frozen") -> dict:
     """`spec` ANCHOR_LAYER profiles ab_rounds.titans_layer_step (its own size: batch, seq_len and
     loops do not apply; the layer has no chunk loop of the code generator's)."""
     import torch
@@ -130,7 +130,8 @@ def profile_step(spec: str, mode: str, batch: int | None, seq_len: int | None, l
         program = resolve_ref(spec, {})
         b = batch or int(program.train.get("batch", 4))
         t = seq_len or int(program.train.get("seq_len", 128))
-        step, model = build_step(spec, {}, b, t, compile=compiled, loops=loops)
+        step, model = build_step(spec, {}, b, t, compile=compiled, loops=loops,
+                                 first_pass=first_pass)
     t0 = time.perf_counter()
     step()
     first = time.perf_counter() - t0
@@ -164,7 +165,8 @@ def profile_step(spec: str, mode: str, batch: int | None, seq_len: int | None, l
     by_shape = aten_by_shape(prof, steps)
     products = [r for r in by_shape if r["op"] in PRODUCTS or r["op"] in ATTENTION]
     seen = sum(g["ms"] for g in groups.values())
-    return {"spec": spec, "mode": mode, "loops": loops if compiled else None, "batch": b, "seq_len": t,
+    return {"spec": spec, "mode": mode, "loops": loops if compiled else None,
+            "first_pass": first_pass if compiled else None, "batch": b, "seq_len": t,
             "threads": threads, "steps": steps, "machine": machine("cpu"),
             "params": sum(p.numel() for p in model.parameters()),
             "first_step_s": first, "median_step_ms": 1e3 * statistics.median(plain),
@@ -186,7 +188,8 @@ def _share(ms: float, total: float) -> str:
 def render(res: dict, top: int) -> str:
     m = res["machine"]
     total = res["profiled_step_ms"]
-    how = f"compiled, loops {res['loops']}" if res["mode"] == "compiled" else "eager"
+    how = (f"compiled, loops {res['loops']}, first pass {res.get('first_pass') or 'frozen'}"
+           if res["mode"] == "compiled" else "eager")
     lines = [f"step profile: {res['spec']} ({res['params'] / 1e6:.2f}M params), {how}, batch {res['batch']} × "
              f"seq {res['seq_len']}, {res['threads']} threads, {res['steps']} profiled steps",
              f"machine: {m.get('cpu', '?')} ({m.get('cpu_capability') or '?'}); torch {m.get('torch', '?')}; "
@@ -244,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                          "training step (B 4, T 512, d 256, 4 heads, chunk 64; forward and backward)")
     ap.add_argument("--mode", choices=["compiled", "eager"], default="compiled")
     ap.add_argument("--loops", default="unroll", help="unroll, call, scan or region (as nestc bench)")
+    ap.add_argument("--first-pass", default="frozen", help="frozen or shared (as nestc bench)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (default: the spec's)")
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the spec's)")
     ap.add_argument("--threads", type=int, default=2)
@@ -256,19 +260,20 @@ def main(argv: list[str] | None = None) -> int:
         if value < 1:
             print(f"step_profile.py: error: {flag} {value}: use a whole number from 1", file=sys.stderr)
             return 2
-    if bad_loop_mode("step_profile.py", args.loops):
+    if bad_loop_mode("step_profile.py", args.loops) or bad_first_pass("step_profile.py", args.first_pass):
         return 2
     if (args.spec is None) == (not args.anchor_layer):
         print("step_profile.py: error: name a spec or give --anchor-layer (one of the two)", file=sys.stderr)
         return 2
-    if args.anchor_layer and (args.batch or args.seq_len or args.loops != "unroll"):
-        print("step_profile.py: error: --anchor-layer has its own size and no chunk loop: drop "
-              "--batch, --seq-len and --loops", file=sys.stderr)
+    if args.anchor_layer and (args.batch or args.seq_len or args.loops != "unroll"
+                              or args.first_pass != "frozen"):
+        print("step_profile.py: error: --anchor-layer has its own size, no chunk loop and no first "
+              "pass: drop --batch, --seq-len, --loops and --first-pass", file=sys.stderr)
         return 2
     spec = ANCHOR_LAYER if args.anchor_layer else args.spec
     res = run_in_cache("step_profile.py", spec, args.cache, "nestc-profile-",
                        lambda: profile_step(spec, args.mode, args.batch, args.seq_len, args.loops,
-                                            args.threads, args.steps))
+                                            args.threads, args.steps, args.first_pass))
     if res is None:
         return 2
     return report(render(res, args.top), res, args.json)
