@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels.attention import causal_attention
-from .layers import INIT_STD, Linear, linears, merge_heads, rope, split_heads
+from .layers import INIT_STD, Linear, merge_heads, rope, split_heads
 
 
 class Attention(nn.Module):
@@ -33,7 +33,7 @@ class Attention(nn.Module):
         return {"k": empty, "v": empty, "pk": empty, "pv": empty, "pos": 0}
 
     def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = (split_heads(p, self.heads) for p in linears(x, self.wq, self.wk, self.wv))
+        q, k, v = (split_heads(w(x), self.heads) for w in (self.wq, self.wk, self.wv))
         if self.use_rope:
             q, k = rope(q, positions), rope(k, positions)
         return q, k, v

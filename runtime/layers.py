@@ -28,23 +28,6 @@ class Linear(nn.Linear):
             nn.init.zeros_(self.bias)
 
 
-def linears(x: Tensor, *layers: nn.Linear) -> tuple[Tensor, ...]:
-    """Several linear layers of one input, computed as one matrix product of their stacked
-    weights and split again: `linears(x, a, b)` equals `(a(x), b(x))`. A CPU runs one wide
-    product much faster than several narrow ones (a box's keys, values and queries, and its
-    [d -> heads] gates, all read the same input), and the backward then has one product for the
-    input's gradient instead of one per layer. The parameters stay where they are (state_dict
-    names and initialisation unchanged); the stacking costs one small copy of the weights."""
-    if len(layers) == 1:
-        return (layers[0](x),)
-    weight = torch.cat([layer.weight for layer in layers])
-    has_bias = [layer.bias is not None for layer in layers]
-    if any(has_bias) and not all(has_bias):
-        raise ValueError("linears: stack layers that all have a bias or none")
-    bias = torch.cat([layer.bias for layer in layers]) if all(has_bias) else None
-    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -69,8 +52,7 @@ class SwiGLU(nn.Module):
         self.down = Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = linears(x, self.gate, self.up)  # one product for both
-        return self.down(F.silu(gate) * up)
+        return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
 ACTIVATIONS = {

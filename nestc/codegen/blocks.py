@@ -298,47 +298,41 @@ class BlockGen:
 
     def _generators(self, ref: BoxRef, names: dict[str, str], in_var: str | None,
                     with_query: bool = True) -> dict[str, str]:
-        """Compute the box's generator streams; returns Python names for keys/values/lr/....
-        The streams' `linear`s of one input run as one product (`_sibling_linears`)."""
+        """Compute the box's generator streams; returns Python names for keys/values/lr/...."""
         b, plan = ref.info, ref.plan
         gen = self._gen_names(ref, names, in_var)
         if "x" in {n for e in self._box_exprs(b) for n in self._names(e)}:
             self.uses_x_in = True
-        streams: list[tuple[str, str, ir.Expr]] = []  # (output key, field, expression), in order
+        out: dict[str, str] = {}
+
+        def stream(field: str, e: ir.Expr) -> str:
+            em = self.emitter(gen, f"{b.name}_{field}", False)
+            return self._tmp(f"{b.name}_{field}", em.emit(e))
+
         for field, short in (("keys", "k"), ("query", "q"), ("lr", "lr")):
             e = getattr(b, field)
-            if e is not None and (field != "query" or with_query):
-                streams.append((short, field, e))
+            if field == "query" and not with_query:
+                continue
+            if e is not None:
+                out[short] = stream(field, e)
+                gen[short] = out[short]
         if b.values is not None and not _mentions_m(b.values) and not _mentions_lss(b.values):
-            streams.append(("v", "values", b.values))
+            out["v"] = stream("values", b.values)
+            gen["v"] = out["v"]
         for name, e in b.contexts.items():
             if not _mentions_lss(e):
-                streams.append((f"ctx_{name}", f"context_{name}", e))
+                out[f"ctx_{name}"] = stream(f"context_{name}", e)
+                gen[name] = out[f"ctx_{name}"]
         if plan.retention is not None and plan.retention.kind == "gate":
-            streams.append(("gate", "gate", plan.retention.factor))
+            out["gate"] = stream("gate", plan.retention.factor)
         if plan.optimizer is not None and plan.optimizer.kind == "momentum":
             beta = plan.optimizer.args.get("beta")
             if beta is not None:
-                streams.append(("beta", "beta", beta))
+                out["beta"] = stream("beta", beta)
         if plan.optimizer is not None and plan.optimizer.kind == "dgd":
             mom = plan.optimizer.args.get("momentum")
             if mom is not None and not (isinstance(mom, ir.Num) and mom.value == 0):
-                streams.append(("beta", "beta", mom))
-
-        stacked = _sibling_linears(b.name, [(field, e) for _, field, e in streams])
-        start, emitters = len(self.body), []
-        out: dict[str, str] = {}
-        for short, field, e in streams:
-            em = self.emitter(gen, f"{b.name}_{field}", False)
-            em.stacked = {call: var for call, (var, _, _) in stacked.items()}
-            emitters.append(em)
-            out[short] = self._tmp(f"{b.name}_{field}", em.emit(e))
-            if short in ("k", "q", "lr", "v") or short.startswith("ctx_"):
-                gen[short if not short.startswith("ctx_") else short[4:]] = out[short]
-        if stacked:  # the stacked products go before the streams that use them
-            modules = {var: m for em in emitters for var, m in em.stacked_modules.items()}
-            lines = _stacked_lines(b.name, stacked, modules, gen)
-            self.body[start:start] = [self.ind + line for line in lines]
+                out["beta"] = stream("beta", mom)
         ref.gen = gen  # type: ignore[attr-defined]
         return out
 
@@ -772,48 +766,6 @@ class BlockGen:
         out += self.methods
         out += [""]
         return "\n".join(out)
-
-
-def _sibling_linears(box: str, streams: list[tuple[str, ir.Expr]]) -> dict[int, tuple[str, str, bool]]:
-    """The `linear` calls of a box's generator streams that share their input (a name, such as
-    `in`) and their bias with at least one other: the id of each call -> (the variable for its
-    output, the input's name, bias). `L.linears` computes each such group in one product."""
-    found: dict[tuple[str, bool], list[tuple[ir.Call, str]]] = {}
-    for field, e in streams:
-        for c in ir.calls_in(e):
-            if c.func == "linear" and c.args and isinstance(c.args[0], ir.Name):
-                bias = any(k.name == "bias" for k in c.kwargs)
-                found.setdefault((c.args[0].id, bias), []).append((c, field))
-    stacked: dict[int, tuple[str, str, bool]] = {}
-    for (name, bias), calls in found.items():
-        if len(calls) < 2:
-            continue
-        seen: dict[str, int] = {}
-        for c, field in calls:
-            seen[field] = seen.get(field, 0) + 1
-            suffix = "" if seen[field] == 1 else str(seen[field])
-            stacked[id(c)] = (py_name(f"{box}_{field}_proj{suffix}"), name, bias)
-    return stacked
-
-
-def _stacked_lines(box: str, stacked: dict[int, tuple[str, str, bool]], modules: dict[str, str],
-                   names: dict[str, str]) -> list[str]:
-    """One `L.linears` line per group of `_sibling_linears` (in the order the streams emitted
-    their calls), or a plain call where only one of a group was emitted."""
-    groups: dict[tuple[str, bool], list[str]] = {}
-    for var, name, bias in stacked.values():
-        if var in modules:
-            groups.setdefault((name, bias), []).append(var)
-    lines = []
-    for (name, _), vars_ in groups.items():
-        x = names[name]
-        if len(vars_) == 1:
-            lines.append(f"{vars_[0]} = {modules[vars_[0]]}({x})")
-            continue
-        lines.append(f"# box {box}: its {len(vars_)} linear maps of `{name}` as one matrix product")
-        lines.append(f"{', '.join(vars_)} = L.linears(")
-        lines.append(f"    {x}, {', '.join(modules[v] for v in vars_)})")
-    return lines
 
 
 def _mentions_m(e: ir.Expr) -> bool:

@@ -53,10 +53,6 @@ class ExprEmitter:
         self.call_hook = call_hook
         self.where = where  # "keys of lmm", used to name submodules
         self.state_keys: list[str] = []
-        # `linear` calls computed with their siblings in one product (BlockGen._generators):
-        # the id of the call -> the variable that holds its output, and that variable -> its module
-        self.stacked: dict[int, str] = {}
-        self.stacked_modules: dict[str, str] = {}
 
     # -- helpers --
     def width(self, node: ir.Expr) -> int:
@@ -158,10 +154,6 @@ class ExprEmitter:
             bias = "bias" in kw
             m = self.module(self.site_base("linear"), f"L.Linear({self.width(e.args[0])}, {a[1]}"
                             + (", bias=True)" if bias else ")"), e)
-            if id(e) in self.stacked:
-                var = self.stacked[id(e)]
-                self.stacked_modules[var] = m
-                return var
             return f"{m}({a[0]})"
         if f == "mlp":
             act = kw["act"].id if "act" in kw else "gelu"
