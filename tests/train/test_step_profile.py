@@ -59,7 +59,8 @@ def test_a_compiled_step_is_seen_kernel_by_kernel(tmp_path):
 
 def test_bad_arguments_and_specs_are_clear_errors(tmp_path):
     for args, says in ((("linear_attention", "--steps", "0"), "--steps 0"),
-                       (("linear_attention", "--loops", "sideways"), "--loops sideways")):
+                       (("linear_attention", "--loops", "sideways"), "--loops sideways"),
+                       (("linear_attention", "--first-pass", "twice"), "--first-pass twice")):
         run = _run(*args, timeout=120)
         assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr
     bad = tmp_path / "typo.nest"
@@ -90,7 +91,7 @@ def test_the_anchor_layer_is_profiled_as_the_peer_comparison_times_it(tmp_path):
     theirs = sum(v for k, v in counts.items() if str(k).split(".")[-1] in ("mm", "bmm", "addmm", "baddbmm"))
     assert abs(ours * 1e9 - theirs) <= 1e-6 * theirs
     for args in ((), ("titans", "--anchor-layer"), ("--anchor-layer", "--batch", "2"),
-                 ("--anchor-layer", "--loops", "call")):
+                 ("--anchor-layer", "--loops", "call"), ("--anchor-layer", "--first-pass", "shared")):
         run = _run(*args, timeout=120)
         assert run.returncode == 2 and "--anchor-layer" in run.stderr and "Traceback" not in run.stderr
 
