@@ -5,10 +5,13 @@
     python benchmarks/bench_builtins.py --table-only         # re-print the table from saved JSON
     python benchmarks/bench_builtins.py --device cuda --results benchmarks/results/h100  # on a GPU
     python benchmarks/bench_builtins.py --precision bf16 --results benchmarks/results/bf16
+    python benchmarks/bench_builtins.py --specs hope --loops call --first-pass shared  # short compile
 
 Each spec's JSON (machine, versions, config, every row) is saved to RESULTS/bench_<spec>.json
 (RESULTS: benchmarks/results unless --results says otherwise) by `nestc bench --json`; the
-README's tables are this script's output. A spec whose benchmark fails is reported and skipped.
+README's tables are this script's output. A spec whose benchmark fails is reported and skipped. `--loops` and `--first-pass` go to every
+spec's `nestc bench`; the table names them after a spec whose compiled row used other than the
+defaults (unroll, frozen).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_cli import bad_first_pass, bad_loop_mode  # noqa: E402  (benchmarks/, beside this script)
+
 RESULTS = HERE / "results"
 
 
@@ -31,9 +37,10 @@ def model_specs() -> list[str]:
 
 
 def run(spec: str, iters: int, warmup: int, eager_only: bool, device: str, results: Path,
-        precision: str = "fp32") -> bool:
+        precision: str = "fp32", loops: str = "unroll", first_pass: str = "frozen") -> bool:
     cmd = [sys.executable, "-m", "nestc.cli", "bench", spec, "--iters", str(iters), "--warmup", str(warmup),
-           "--device", device, "--precision", precision, "--json", str(results / f"bench_{spec}.json")]
+           "--device", device, "--precision", precision, "--loops", loops, "--first-pass", first_pass,
+           "--json", str(results / f"bench_{spec}.json")]
     if eager_only:
         cmd.append("--no-compile")
     print("$", " ".join(cmd[2:]), flush=True)
@@ -57,7 +64,7 @@ def table(specs: list[str], results: Path = RESULTS) -> str:
         machine = machine or res["machine"]
         eager = res["rows"][0]
         comp = res["rows"][1] if len(res["rows"]) > 1 else None
-        cells = [spec, f"{res['batch']} × {res['seq_len']}", f"{eager['params'] / 1e6:.2f}M",
+        cells = [spec + _mode(comp), f"{res['batch']} × {res['seq_len']}", f"{eager['params'] / 1e6:.2f}M",
                  f"{eager['tokens_per_s']:,.0f}"]
         if comp:
             cells += [f"{comp['tokens_per_s']:,.0f}", f"{eager['median_s'] / comp['median_s']:.2f}×",
@@ -83,6 +90,16 @@ def table(specs: list[str], results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def _mode(compiled_row: dict | None) -> str:
+    """" (loops call, first pass shared)" where a compiled row ran other than nestc's defaults."""
+    if not compiled_row:
+        return ""
+    loops, first = compiled_row.get("loops") or "unroll", compiled_row.get("first_pass") or "frozen"
+    if (loops, first) == ("unroll", "frozen"):
+        return ""
+    return f" (loops {loops}, first pass {first})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--specs", default=None, help="comma-separated (default: every built-in model spec)")
@@ -93,14 +110,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (nestc bench --device)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the JSON files go")
     ap.add_argument("--precision", default="fp32", help="fp32 or bf16 (nestc bench --precision)")
+    ap.add_argument("--loops", default="unroll", help="unroll, call, scan or region (nestc bench --loops)")
+    ap.add_argument("--first-pass", default="frozen", help="frozen or shared (nestc bench --first-pass)")
     args = ap.parse_args()
+    if bad_loop_mode("bench_builtins.py", args.loops) or bad_first_pass("bench_builtins.py", args.first_pass):
+        sys.exit(2)
     specs = args.specs.split(",") if args.specs else model_specs()
     args.results.mkdir(parents=True, exist_ok=True)
     failed = []
     if not args.table_only:
         for spec in specs:
             if not run(spec, args.iters, args.warmup, args.eager_only, args.device, args.results,
-                       args.precision):
+                       args.precision, args.loops, args.first_pass):
                 failed.append(spec)
     print(table(specs, args.results))
     if failed:

@@ -94,3 +94,31 @@ def test_builtins_table_flags_a_busy_run(tmp_path):
     text = builtins.table(["quiet", "busy", "old"], tmp_path)
     assert "| busy ⚠ |" in text and "| quiet |" in text and "| old |" in text
     assert "busy: other processes kept 70% of the CPUs busy" in text and "quiet:" not in text
+
+
+def test_builtins_table_names_a_compiled_row_of_other_than_the_default_modes(tmp_path):
+    """benchmarks/bench_builtins.py puts a compiled row's loop and first-pass modes after its
+    spec's name where they are not nestc's defaults, and refuses an unknown mode (exit 2)."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_builtins.py"
+    spec = importlib.util.spec_from_file_location("bench_builtins", script)
+    builtins = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builtins)
+    eager = {"mode": "eager", "params": 1000, "tokens_per_s": 100.0, "median_s": 0.1}
+    machine = {"cpu": "test cpu", "threads": 2, "torch": "t", "python": "p", "nestc": "n"}
+    for name, loops, first in (("plain", "unroll", "frozen"), ("short", "call", "shared"), ("old", None, None)):
+        comp = {"mode": "compiled", "tokens_per_s": 150.0, "median_s": 0.05, "compile_cold_s": 9.0,
+                "compile_warm_s": 1.0, **({"loops": loops, "first_pass": first} if loops else {})}
+        (tmp_path / f"bench_{name}.json").write_text(json.dumps(
+            {"batch": 1, "seq_len": 8, "machine": machine, "rows": [eager, comp]}))
+    text = builtins.table(["plain", "short", "old"], tmp_path)
+    assert "| plain |" in text and "| old |" in text
+    assert "| short (loops call, first pass shared) |" in text
+    for flag, value in (("--loops", "sideways"), ("--first-pass", "twice")):
+        run = subprocess.run([sys.executable, str(script), "--specs", "transformer", flag, value,
+                              "--results", str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and f"{flag} {value}" in run.stderr and "Traceback" not in run.stderr
