@@ -86,6 +86,8 @@ def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bo
     model = compiled.model(vocab=256).to(dev)
     optimizer = make_optimizer(compiled, model)
     fns = make_loss_fns(model, compile=compile, loops=loops, first_pass=first_pass)
+    if compile:
+        optimizer.compile_steps()
     gen = torch.Generator().manual_seed(seed)
 
     def step():

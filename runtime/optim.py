@@ -200,10 +200,47 @@ def masked_assign(dst: list[Tensor], src: list[Tensor], on: Tensor) -> None:
     torch._foreach_copy_(dst, [torch.where(on, s, d) for s, d in zip(src, dst)])
 
 
+def _flat_views(tensors: list[Tensor]) -> list[Tensor] | None:
+    """The tensors as 1-D tensors on their own memory that list their elements in one order, or
+    None where that is not possible: they must share shape and strides and cover their memory
+    densely (a transposed parameter with its gradient and state qualifies). Each is a new
+    tensor on the same storage, not a view: dynamo guards on a view's base, whose shapes differ
+    from parameter to parameter, and would compile a graph for each."""
+    first = tensors[0]
+    if any(t.shape != first.shape or t.stride() != first.stride() for t in tensors[1:]):
+        return None
+    order = sorted(range(first.dim()), key=lambda d: first.stride(d), reverse=True)
+    if not first.permute(order).is_contiguous():
+        return None
+    n = first.numel()
+    return [t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (n,), (1,)) for t in tensors]
+
+
+def _per_tensor(update, compiled):
+    """A variant's update run parameter by parameter: `compiled` (one graph with dynamic sizes)
+    on each parameter, its gradient and its state as flat views, which it updates in place; the
+    parameters whose tensors cannot be flattened alike go through `update` together."""
+
+    def run(W, grads, states, step, hp):
+        rest = []
+        for i, (w, g) in enumerate(zip(W, grads)):
+            flat = _flat_views([w, g, *(s[i] for s in states.values())])
+            if flat is None or w.numel() < 2:  # sizes 0 and 1 would compile graphs of their own
+                rest.append(i)
+                continue
+            compiled([flat[0]], [flat[1]], {k: [v] for k, v in zip(states, flat[2:])}, step, hp)
+        if rest:
+            update([W[i] for i in rest], [grads[i] for i in rest],
+                   {k: [s[i] for i in rest] for k, s in states.items()}, step, hp)
+
+    return run
+
+
 class NestOptimizer(torch.optim.Optimizer):
     """Base of generated optimizers: per-parameter box state, created lazily."""
 
     BOXES: tuple[str, ...] = ()  # names of the boxes holding per-parameter state
+    ELEMENTWISE = False  # every update element by element (the code generator says; no Newton-Schulz, rows, cols)
     ACCUMULATE: tuple[str, ...] = ()  # slow boxes that sum their increments between updates
     HYPERPARAMETERS: tuple[str, ...] = ()
 
@@ -235,17 +272,38 @@ class NestOptimizer(torch.optim.Optimizer):
             seen[k] = v
         return cache
 
-    def compile_steps(self, **kwargs) -> "NestOptimizer":
+    def compile_steps(self, per_tensor: bool = False, **kwargs) -> "NestOptimizer":
         """torch.compile each schedule variant on its own (fullgraph): the variant is picked in
-        Python and every variant's inputs are tensors, so nothing recompiles as steps advance."""
+        Python and every variant's inputs are tensors, so nothing recompiles as steps advance.
+
+        `per_tensor` (element-wise optimizers only): each variant compiles once, with dynamic
+        sizes, for one parameter flattened, and a step runs it on every parameter in turn
+        (`_per_tensor`): a short compile, where the whole list of parameters traced as one graph
+        compiles for long (the Titans model's AdamW: ~50 s on this project's 2-core VM)."""
+        import inspect
+        import types
+
         import torch as _torch
 
         from .inductor_setup import prepare_inductor
+        from .ops import renamed
 
         prepare_inductor()  # compile time only (runtime/inductor_setup.py)
+        if per_tensor and not self.ELEMENTWISE:
+            raise ValueError(f"{type(self).__name__} does not update element by element: "
+                             "its steps cannot run on flattened parameters")
         for i in range(len(getattr(self, "VARIANTS", ()))):
             name = f"_update_{i}"
-            setattr(self, name, _torch.compile(getattr(self, name), fullgraph=True, **kwargs))
+            update = getattr(self, name)
+            if per_tensor:
+                # from a code object of this optimizer's own (ops.renamed), not the shared one of
+                # the no_grad decorator: dynamo's limit of 8 variants per code object would
+                # otherwise be shared by every optimizer in the process (step() is no_grad)
+                own = renamed(inspect.unwrap(update.__func__), f"{type(self).__name__}{name}_{id(self):x}")
+                compiled = _torch.compile(types.MethodType(own, self), fullgraph=True, dynamic=True, **kwargs)
+                setattr(self, name, _per_tensor(update, compiled))
+            else:
+                setattr(self, name, _torch.compile(update, fullgraph=True, **kwargs))
         return self
 
     def _steps(self, params: list[Tensor]) -> Tensor:

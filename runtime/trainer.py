@@ -131,6 +131,8 @@ class Trainer:
         self.optimizer: LevelOptimizer = make_optimizer(compiled, self.model, cfg.optimizer, settings)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.fns = make_loss_fns(self.model, compile=cfg.compile, loops=cfg.loops, first_pass=cfg.first_pass)
+        if cfg.compile:
+            self.optimizer.compile_steps()
         self.step = 0
         self.tokens_seen = 0
         self.log: MetricsLog | None = None

@@ -169,7 +169,10 @@ class OptimizerGen:
                  f"    BOXES = {tuple(self.state_boxes)!r}",
                  f"    ACCUMULATE = {tuple(slow)!r}",
                  f"    HYPERPARAMETERS = {tuple(hp)!r}",
-                 f"    VARIANTS = {tuple(self.variants())!r}  # boxes due at each step of a {self.cycle}-step cycle", "",
+                 f"    VARIANTS = {tuple(self.variants())!r}  # boxes due at each step of a {self.cycle}-step cycle",
+                 f"    ELEMENTWISE = {self.elementwise!r}  # "
+                 + ("updates element by element: a compiled step may run on each parameter flattened"
+                    if self.elementwise else "not element by element: Newton-Schulz, rows or cols read whole matrices"), "",
                  f"    def __init__(self, params, {sig}):" if sig else "    def __init__(self, params):",
                  f"        super().__init__(params, dict({', '.join(f'{k}={py_name(k)}' for k in hp)}))",
                  "",
@@ -195,6 +198,14 @@ class OptimizerGen:
         for i, active in enumerate(self.variants()):
             lines += self._variant(i, active, hp)
         return "\n".join(lines)
+
+    @cached_property
+    def elementwise(self) -> bool:
+        """Whether every variant's update works element by element (so flattening a parameter
+        with its gradient and state does not change it): none reads a matrix as a whole."""
+        bodies = "\n".join(line for i, active in enumerate(self.variants())
+                           for line in self._variant(i, active, list(self.run_time_params)))
+        return not re.search(r"\bO\.(newton_schulz|rows|cols)\(", bodies)
 
     @cached_property
     def run_time_params(self) -> tuple[str, ...]:

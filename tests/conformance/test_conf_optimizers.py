@@ -12,7 +12,8 @@ def _mlp(bias: bool) -> torch.nn.Module:
                                torch.nn.Linear(16, 4, bias=bias))
 
 
-def _max_param_diff(make_ref, spec: str, settings: dict, bias: bool = True, steps: int = 100) -> float:
+def _max_param_diff(make_ref, spec: str, settings: dict, bias: bool = True, steps: int = 100,
+                    per_tensor: bool = False) -> float:
     torch.manual_seed(1)
     a = _mlp(bias)
     b = _mlp(bias)
@@ -20,6 +21,8 @@ def _max_param_diff(make_ref, spec: str, settings: dict, bias: bool = True, step
     ref = make_ref(a.parameters())
     (name, _group, cls, _defaults), = nestc.compile(spec).module.OPTIMIZERS
     ours = cls(list(b.parameters()), **settings)
+    if per_tensor:  # what a compiled training step runs on the CPU (LevelOptimizer.compile_steps)
+        ours.compile_steps(per_tensor=True)
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
         x = torch.randn(32, 8, generator=gen)
@@ -43,10 +46,11 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("per_tensor", [False, True], ids=["eager", "compiled_per_tensor"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_optimizer_spec_matches_torch_optim(case):
+def test_optimizer_spec_matches_torch_optim(case, per_tensor):
     make_ref, spec, settings = CASES[case]
-    assert _max_param_diff(make_ref, spec, settings) <= 1e-6
+    assert _max_param_diff(make_ref, spec, settings, per_tensor=per_tensor) <= 1e-6
 
 
 def test_nesterov_momentum_matches_torch_optim():

@@ -1,0 +1,85 @@
+"""A compiled training step's optimizer on the CPU: element-wise optimizer specs compiled once
+per schedule variant for one flattened parameter (NestOptimizer.compile_steps(per_tensor=True))
+and run parameter by parameter, against the same optimizer's foreach step."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import nestc
+from nestc.runtime.train import LevelOptimizer, make_optimizer
+
+
+def _params(seed: int) -> list[torch.nn.Parameter]:
+    """Sizes and ranks a model has, a transposed one (as nestc's short-conv weights are stored),
+    and a one-element one."""
+    torch.manual_seed(seed)
+    shapes = [(16, 8), (8,), (3, 4, 5), (1,)]
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    params.append(torch.nn.Parameter(torch.randn(4, 12).t()))  # [12, 4], strides (1, 12)
+    return params
+
+
+def _grads(params, gen, contiguous_grads: bool):
+    for p in params:
+        g = torch.randn(p.shape, generator=gen)
+        # a gradient laid out like its parameter (what autograd gives), or contiguous
+        p.grad = g if contiguous_grads else torch.empty_strided(p.shape, p.stride()).copy_(g)
+
+
+@pytest.mark.parametrize("spec", ["adamw", "adam", "momentum"])
+@pytest.mark.parametrize("contiguous_grads", [False, True], ids=["grads_like_params", "contiguous_grads"])
+def test_per_tensor_steps_equal_the_foreach_steps(spec, contiguous_grads):
+    (_, _, cls, defaults), = nestc.compile(spec).module.OPTIMIZERS
+    eager_params, compiled_params = _params(0), _params(0)
+    eager = cls(eager_params, **defaults)
+    compiled = cls(compiled_params, **defaults).compile_steps(per_tensor=True)
+    graphs = counters["stats"]["unique_graphs"]
+    gen_a, gen_b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for _ in range(6):
+        _grads(eager_params, gen_a, contiguous_grads)
+        _grads(compiled_params, gen_b, contiguous_grads)
+        eager.step()
+        compiled.step()
+    for a, b in zip(eager_params, compiled_params):
+        assert b.stride() == a.stride()  # updated in place, layout kept
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    # one graph, compiled and used, for every size and rank (dynamic sizes; flat tensors that
+    # are not views)
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+
+
+def test_only_element_wise_optimizers_run_per_tensor():
+    flags = {s: nestc.compile(s).module.OPTIMIZERS[0][2].ELEMENTWISE for s in ("sgd", "adamw", "muon", "m3")}
+    assert flags == {"sgd": True, "adamw": True, "muon": False, "m3": False}
+    (_, _, muon, defaults), = nestc.compile("muon").module.OPTIMIZERS
+    with pytest.raises(ValueError, match="element by element"):
+        muon([torch.nn.Parameter(torch.randn(4, 4))], **defaults).compile_steps(per_tensor=True)
+
+
+def test_a_training_steps_optimizers_compile_where_it_pays():
+    """LevelOptimizer.compile_steps: Muon on the matrices stays eager (whole matrices), the AdamW
+    it gets for the rest compiles per tensor; the steps still follow the eager optimizer's."""
+    compiled = nestc.compile("transformer", {"n_layers": "1", "d_model": "32", "heads": "2"})
+
+    def build():
+        torch.manual_seed(0)
+        model = compiled.model(vocab=32)
+        return model, make_optimizer(compiled, model, override="muon")
+
+    (model_a, eager), (model_b, level) = build(), build()
+    assert isinstance(level, LevelOptimizer)
+    methods = [o._update_0 for o in level.optimizers]
+    level.compile_steps()
+    kinds = {type(o).__name__: o._update_0 is not m and not hasattr(o._update_0, "__self__")
+             for o, m in zip(level.optimizers, methods)}
+    assert kinds == {"Muon": False, "Adamw": True}, kinds
+    x = torch.randint(0, 32, (2, 16))
+    for _ in range(3):
+        for model, opt in ((model_a, eager), (model_b, level)):
+            opt.zero_grad()
+            logits, _ = model(x)
+            logits.float().logsumexp(-1).mean().backward()
+            opt.step()
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
