@@ -35,6 +35,11 @@ def _elementwise(a, b, fe, op):
     if ka == "T" and kb == "T":
         return fe(a, b)
     if ka == "T" and kb == "s":
+        if torch.is_tensor(b) and torch.compiler.is_compiling():
+            # traced as a foreach op's scalar, a 0-d tensor (a hyperparameter such as eps) had
+            # its value baked into the graph: a second optimizer compiled in the process with
+            # another eps computed with the first one's. Per-tensor ops keep it an input.
+            return [op(t, b) for t in a]
         return fe(a, b)
     if ka == "T" and kb == "S":
         if all(not torch.is_tensor(v) for v in b):
@@ -203,17 +208,17 @@ def masked_assign(dst: list[Tensor], src: list[Tensor], on: Tensor) -> None:
 def _flat_views(tensors: list[Tensor]) -> list[Tensor] | None:
     """The tensors as 1-D tensors on their own memory that list their elements in one order, or
     None where that is not possible: they must share shape and strides and cover their memory
-    densely (a transposed parameter with its gradient and state qualifies). Each is a new
-    tensor on the same storage, not a view: dynamo guards on a view's base, whose shapes differ
-    from parameter to parameter, and would compile a graph for each."""
+    densely (a transposed parameter with its gradient and state qualifies). Each is detached
+    from its 1-D view, so it shares memory (and version counter) with the tensor but has no
+    view base: dynamo guards on a view's base, whose shapes differ from parameter to parameter,
+    and would compile a graph for each."""
     first = tensors[0]
     if any(t.shape != first.shape or t.stride() != first.stride() for t in tensors[1:]):
         return None
     order = sorted(range(first.dim()), key=lambda d: first.stride(d), reverse=True)
     if not first.permute(order).is_contiguous():
         return None
-    n = first.numel()
-    return [t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (n,), (1,)) for t in tensors]
+    return [t.permute(order).view(-1).detach() for t in tensors]
 
 
 def _per_tensor(update, compiled):
@@ -254,7 +259,11 @@ class NestOptimizer(torch.optim.Optimizer):
                 for name in lists:
                     st[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
             for name in lists:
-                lists[name].append(st[name])
+                t = st[name]
+                if t.stride() != p.stride():  # loaded from a checkpoint: laid out as the parameter,
+                    # as a fresh state is, so a compiled per-tensor step treats it as it did before
+                    st[name] = t = torch.empty_like(p, memory_format=torch.preserve_format).copy_(t)
+                lists[name].append(t)
         return lists
 
     def _hyper(self, group: dict) -> dict[str, Tensor]:
@@ -280,8 +289,8 @@ class NestOptimizer(torch.optim.Optimizer):
         sizes, for one parameter flattened, and a step runs it on every parameter in turn
         (`_per_tensor`): a short compile, where the whole list of parameters traced as one graph
         compiles for long (the Titans model's AdamW: ~50 s on this project's 2-core VM)."""
+        import functools
         import inspect
-        import types
 
         import torch as _torch
 
@@ -299,8 +308,9 @@ class NestOptimizer(torch.optim.Optimizer):
                 # from a code object of this optimizer's own (ops.renamed), not the shared one of
                 # the no_grad decorator: dynamo's limit of 8 variants per code object would
                 # otherwise be shared by every optimizer in the process (step() is no_grad)
+                # (a plain function: torch.compile wraps a bound method in one shared frame)
                 own = renamed(inspect.unwrap(update.__func__), f"{type(self).__name__}{name}_{id(self):x}")
-                compiled = _torch.compile(types.MethodType(own, self), fullgraph=True, dynamic=True, **kwargs)
+                compiled = functools.partial(_torch.compile(own, fullgraph=True, dynamic=True, **kwargs), self)
                 setattr(self, name, _per_tensor(update, compiled))
             else:
                 setattr(self, name, _torch.compile(update, fullgraph=True, **kwargs))

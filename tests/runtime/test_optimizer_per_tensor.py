@@ -2,6 +2,8 @@
 per schedule variant for one flattened parameter (NestOptimizer.compile_steps(per_tensor=True))
 and run parameter by parameter, against the same optimizer's foreach step."""
 
+import copy
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -83,3 +85,56 @@ def test_a_training_steps_optimizers_compile_where_it_pays():
             opt.step()
     for a, b in zip(model_a.parameters(), model_b.parameters()):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_a_loaded_state_is_laid_out_as_its_parameter():
+    """A checkpoint's optimizer state comes back contiguous; a transposed parameter's state is
+    laid out as the parameter again (as a fresh state is), so a resumed compiled step flattens
+    it as the straight run did, and the steps still agree."""
+    (_, _, cls, defaults), = nestc.compile("adamw").module.OPTIMIZERS
+    straight_params, resumed_params = _params(0), _params(0)
+    straight = cls(straight_params, **defaults).compile_steps(per_tensor=True)
+    gen_a, gen_b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    _grads(straight_params, gen_a, False)
+    straight.step()
+    saved = copy.deepcopy(straight.state_dict())  # shares no tensor with `straight`, as a file would
+    for st in saved["state"].values():  # contiguous, as a safetensors round trip leaves them
+        for k, v in st.items():
+            st[k] = v.contiguous()
+    with torch.no_grad():
+        for a, b in zip(resumed_params, straight_params):
+            a.copy_(b)
+    resumed = cls(resumed_params, **defaults).compile_steps(per_tensor=True)
+    resumed.load_state_dict(saved)
+    _grads(straight_params, gen_a, False)
+    _grads(resumed_params, gen_b, False)  # the straight run's first draw, already used
+    _grads(resumed_params, gen_b, False)  # and its second
+    straight.step()
+    resumed.step()
+    transposed = resumed_params[-1]
+    assert all(v.stride() == transposed.stride() for k, v in resumed.state[transposed].items() if k != "step")
+    for a, b in zip(straight_params, resumed_params):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("per_tensor", [False, True], ids=["lists", "per_tensor"])
+def test_a_second_optimizer_with_another_eps_uses_its_own(per_tensor):
+    """Hyperparameters are graph inputs, not constants: an optimizer compiled after another
+    with a different eps (once baked into the graph through a foreach op's scalar) computes
+    with its own."""
+    (_, _, cls, defaults), = nestc.compile("adam").module.OPTIMIZERS
+
+    def run(eps: float, compiled: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(16, 8))]
+        opt = cls(params, **dict(defaults, eps=eps))
+        if compiled:
+            opt.compile_steps(per_tensor=per_tensor)
+        gen = torch.Generator().manual_seed(2)
+        for _ in range(2):
+            params[0].grad = torch.randn(16, 8, generator=gen) * 1e-4  # small: eps matters
+            opt.step()
+        return params[0].detach()
+
+    for eps in (1e-8, 1e-3):
+        torch.testing.assert_close(run(eps, True), run(eps, False), rtol=0, atol=1e-6)
