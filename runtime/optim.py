@@ -259,12 +259,18 @@ class NestOptimizer(torch.optim.Optimizer):
                 for name in lists:
                     st[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
             for name in lists:
-                t = st[name]
-                if t.stride() != p.stride():  # loaded from a checkpoint: laid out as the parameter,
-                    # as a fresh state is, so a compiled per-tensor step treats it as it did before
-                    st[name] = t = torch.empty_like(p, memory_format=torch.preserve_format).copy_(t)
-                lists[name].append(t)
+                lists[name].append(st[name])
         return lists
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's, then each state tensor laid out as its parameter, as a fresh state is (a
+        checkpoint's come back contiguous): a compiled per-tensor step then flattens a
+        transposed parameter's state as it did before the checkpoint."""
+        super().load_state_dict(state_dict)
+        for p, st in self.state.items():
+            for name, t in st.items():
+                if torch.is_tensor(t) and t.shape == p.shape and t.stride() != p.stride():
+                    st[name] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(t)
 
     def _hyper(self, group: dict) -> dict[str, Tensor]:
         """The group's hyperparameters as 0-d float64 tensors, updated in place, so a schedule
@@ -305,10 +311,10 @@ class NestOptimizer(torch.optim.Optimizer):
             name = f"_update_{i}"
             update = getattr(self, name)
             if per_tensor:
-                # from a code object of this optimizer's own (ops.renamed), not the shared one of
-                # the no_grad decorator: dynamo's limit of 8 variants per code object would
-                # otherwise be shared by every optimizer in the process (step() is no_grad)
-                # (a plain function: torch.compile wraps a bound method in one shared frame)
+                # a plain function with a code object of this optimizer's own (ops.renamed):
+                # dynamo's limit of 8 variants per code object would otherwise be shared by every
+                # optimizer in the process, through the no_grad decorator's frame or the one
+                # torch.compile wraps a bound method in (step() itself runs under no_grad)
                 own = renamed(inspect.unwrap(update.__func__), f"{type(self).__name__}{name}_{id(self):x}")
                 compiled = functools.partial(_torch.compile(own, fullgraph=True, dynamic=True, **kwargs), self)
                 setattr(self, name, _per_tensor(update, compiled))

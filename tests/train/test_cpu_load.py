@@ -76,15 +76,21 @@ def test_bench_warns_on_a_busy_machine(tmp_path):
     assert load is not None and load > 0.25  # the spinners ran for the whole benchmark
 
 
-def test_builtins_table_flags_a_busy_run(tmp_path):
-    """benchmarks/bench_builtins.py marks a spec whose run recorded a busy machine, and only it."""
+def _bench_builtins():
+    """benchmarks/bench_builtins.py, loaded as a module."""
     import importlib.util
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_builtins.py"
     spec = importlib.util.spec_from_file_location("bench_builtins", script)
-    builtins = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builtins)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_builtins_table_flags_a_busy_run(tmp_path):
+    """benchmarks/bench_builtins.py marks a spec whose run recorded a busy machine, and only it."""
+    builtins = _bench_builtins()
     row = {"mode": "eager", "params": 1000, "tokens_per_s": 100.0, "median_s": 0.1}
     machine = {"cpu": "test cpu", "threads": 2, "torch": "t", "python": "p", "nestc": "n"}
     for name, load in (("quiet", 0.01), ("busy", 0.7), ("old", None)):
@@ -99,15 +105,11 @@ def test_builtins_table_flags_a_busy_run(tmp_path):
 def test_builtins_table_names_a_compiled_row_of_other_than_the_default_modes(tmp_path):
     """benchmarks/bench_builtins.py puts a compiled row's loop and first-pass modes after its
     spec's name where they are not nestc's defaults, and refuses an unknown mode (exit 2)."""
-    import importlib.util
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_builtins.py"
-    spec = importlib.util.spec_from_file_location("bench_builtins", script)
-    builtins = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builtins)
+    builtins = _bench_builtins()
+    script = builtins.__file__
     eager = {"mode": "eager", "params": 1000, "tokens_per_s": 100.0, "median_s": 0.1}
     machine = {"cpu": "test cpu", "threads": 2, "torch": "t", "python": "p", "nestc": "n"}
     for name, loops, first in (("plain", "unroll", "frozen"), ("short", "call", "shared"), ("old", None, None)):
