@@ -293,8 +293,8 @@ class NestOptimizer(torch.optim.Optimizer):
 
         `per_tensor` (element-wise optimizers only): each variant compiles once, with dynamic
         sizes, for one parameter flattened, and a step runs it on every parameter in turn
-        (`_per_tensor`): a short compile, where the whole list of parameters traced as one graph
-        compiles for long (the Titans model's AdamW: ~50 s on this project's 2-core VM)."""
+        (`_per_tensor`): a short compile, where the lists of all parameters traced as one graph
+        take far longer to compile."""
         import functools
         import inspect
 
