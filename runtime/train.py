@@ -84,10 +84,12 @@ class LevelOptimizer(torch.optim.Optimizer):
         operations run one operation at a time over each tensor (the Titans model's AdamW step:
         20.2 ms eager, 13.1 ms compiled; benchmarks/results/amd_epyc/optimizer_per_tensor/).
         Elsewhere the foreach steps stay as they are (on a GPU they are multi-tensor kernels
-        already), as do Muon's and M3's (whole matrices)."""
-        for opt in self.optimizers:
+        already), as do Muon's and M3's (whole matrices), and so do the optimizers of levels
+        that learn every C steps: their rare steps would gain little, and each would compile in
+        the middle of training, at its level's first update, not in the first step."""
+        for opt, period in self.entries:
             on_cpu = all(p.device.type == "cpu" for g in opt.param_groups for p in g["params"])
-            if getattr(opt, "ELEMENTWISE", False) and on_cpu:
+            if period == 1 and getattr(opt, "ELEMENTWISE", False) and on_cpu:
                 opt.compile_steps(per_tensor=True)
         return self
 

@@ -71,10 +71,8 @@ def test_a_training_steps_optimizers_compile_where_it_pays():
 
     (model_a, eager), (model_b, level) = build(), build()
     assert isinstance(level, LevelOptimizer)
-    methods = [o._update_0 for o in level.optimizers]
-    level.compile_steps()
-    kinds = {type(o).__name__: o._update_0 is not m and not hasattr(o._update_0, "__self__")
-             for o, m in zip(level.optimizers, methods)}
+    level.compile_steps()  # sets a compiled step on the instance, over the class's method
+    kinds = {type(o).__name__: "_update_0" in vars(o) for o in level.optimizers}
     assert kinds == {"Muon": False, "Adamw": True}, kinds
     x = torch.randint(0, 32, (2, 16))
     for _ in range(3):
@@ -138,3 +136,20 @@ def test_a_second_optimizer_with_another_eps_uses_its_own(per_tensor):
 
     for eps in (1e-8, 1e-3):
         torch.testing.assert_close(run(eps, True), run(eps, False), rtol=0, atol=1e-6)
+
+
+def test_levels_that_learn_every_c_steps_keep_eager_optimizers():
+    """Only the optimizers that step every step compile: a CMS level's optimizer (period C)
+    would otherwise compile at its level's first update, in the middle of training."""
+    # the CMS of NL Fig. 5 in small: a fast in-context level, mid and slow levels across steps
+    overrides = {"n_layers": "1", "d_model": "32", "heads": "2", "cms_expand": "1",
+                 "c_fast": "4", "c_mid": "2", "c_slow": "4"}
+    compiled = nestc.compile("cms", overrides)
+    torch.manual_seed(0)
+    model = compiled.model(vocab=32)
+    level = make_optimizer(compiled, model)
+    periods = [period for _, period in level.entries]
+    assert 1 in periods and any(p > 1 for p in periods), periods
+    level.compile_steps()  # sets a compiled step on the instance, over the class's method
+    compiled_steps = [(period, "_update_0" in vars(o)) for o, period in level.entries]
+    assert compiled_steps == [(p, p == 1) for p in periods], compiled_steps
