@@ -27,16 +27,26 @@ def _levels_line(levels: dict[str, int]) -> str:
     return " ".join(parts[:8]) + (" …" if len(parts) > 8 else "")
 
 
+COMPILING = ("compiling the training step (torch.compile runs in the first step; a cold compile "
+             "takes seconds to minutes: `--loops call --first-pass shared` compiles faster, for "
+             "slower steps)")
+
+
 class TrainView:
     """A live panel: step, loss, perplexity, held-out loss, tokens/s, levels that updated."""
 
-    def __init__(self, total: int, name: str):
+    def __init__(self, total: int, name: str, compiling: bool = False):
         self.total = total
         self.name = name
+        self.compiling = compiling  # a compiled step: its first step compiles it
         self.last: dict = {}
         self.eval: dict | None = None
         self.first_eval: dict | None = None
         self.start = time.perf_counter()
+        # (time, step) of this run's first finished step: the time left is estimated from the
+        # steps after it, so that neither the first step's compile nor the steps of the run a
+        # --resume continues count
+        self.rate_from: tuple[float, int] | None = None
         self.notes: list[str] = []
 
     def update(self, record: dict) -> None:
@@ -45,8 +55,21 @@ class TrainView:
             self.first_eval = self.first_eval or record
         elif record.get("kind") == "nonfinite":
             self.notes.append(f"step {record['step']}: skipped (non-finite {record['where']})")
+            self._mark(record["step"])
         else:
             self.last = record
+            self._mark(record["step"])
+
+    def _mark(self, step: int) -> None:
+        if self.rate_from is None:
+            self.rate_from = (time.perf_counter(), step)
+
+    def seconds_left(self, step: int) -> float | None:
+        """From the steps since this run's first one; None until there is one."""
+        if self.rate_from is None or step <= self.rate_from[1]:
+            return None
+        t0, s0 = self.rate_from
+        return (time.perf_counter() - t0) / (step - s0) * (self.total - step)
 
     def __rich__(self):
         t = Table.grid(padding=(0, 2))
@@ -57,9 +80,12 @@ class TrainView:
         frac = step / max(self.total, 1)
         bar = "█" * int(30 * frac) + "░" * (30 - int(30 * frac))
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / max(step, 1) * (self.total - step) if step else 0
+        left = self.seconds_left(step)
+        left_text = f"~{left:4.0f}s left" if left is not None else "time left: after the next step"
         t.add_row("nestc train", Text(f"{self.name}  {bar} {step}/{self.total}  "
-                                      f"{elapsed:5.0f}s elapsed, ~{eta:4.0f}s left", style="bold"))
+                                      f"{elapsed:5.0f}s elapsed, {left_text}", style="bold"))
+        if self.compiling and self.rate_from is None:
+            t.add_row("compile", Text(COMPILING, style="yellow"))
         if r:
             t.add_row("train", f"loss {r['loss']:.4f}   ppl {r['ppl']:.2f}   lr {r['lr']:.2e}   "
                                f"{r['tokens_per_s']:,.0f} tokens/s")
@@ -87,7 +113,7 @@ def train_command(compiled, flags: dict, out: Path, resume: Path | None, out_con
     if resume is not None and not Path(resume).exists():
         raise NestError.at(Pos(file=str(resume)), "no such checkpoint",
                            hint="resume from a run folder's last.safetensors")
-    view = TrainView(cfg.steps, compiled.program.name)
+    view = TrainView(cfg.steps, compiled.program.name, compiling=bool(cfg.compile))
     trainer = Trainer(compiled, cfg, out, progress=view.update)
     params = sum(p.numel() for p in trainer.model.parameters())
     err_console.print(f"[bold]{compiled.program.name}[/]: {params / 1e6:.2f}M parameters, "
@@ -101,6 +127,8 @@ def train_command(compiled, flags: dict, out: Path, resume: Path | None, out_con
         with live:
             summary = trainer.run(resume)
     else:
+        if cfg.compile:
+            err_console.print(COMPILING)
         last_print = [0.0]
 
         def plain(record, _orig=view.update):
