@@ -415,7 +415,8 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
                         loops=loops, device=dev, precision=precision, first_pass=first_pass)
         m = res["machine"]
         out.print(f"[bold]nestc bench {spec}[/]  batch {b} × seq {t} = {b * t} tokens/step, "
-                  f"{iters} timed steps after {warmup + 1} warm-up")
+                  f"{iters} timed steps after {warmup + 1} warm-up"
+                  + ("" if no_compile else " (each mode; compile times from processes of their own)"))
         isa = f" ({m['cpu_capability']})" if m.get("cpu_capability") else ""
         out.print(f"{m['cpu']}{isa} | {m['threads']} threads | device {m['device']} | {precision} "
                   f"| torch {m['torch']} "
@@ -435,7 +436,10 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
                           *([f"{r['peak_gpu_mb']:,.0f}"] if on_gpu else []), f"{r['params']:,}")
         out.print(table)
         if len(res["rows"]) > 1:
-            out.print(f"compiled / eager speed-up: {eager['median_s'] / res['rows'][1]['median_s']:.2f}×")
+            comp = res["rows"][1]
+            out.print(f"compiled / eager speed-up: {comp['speedup']:.2f}× (median of {comp['rounds']} "
+                      f"alternating rounds of one eager and one compiled step; compiled faster in "
+                      f"{comp['rounds_faster']})")
         warn_if_busy(m.get("other_cpu_load"), "while this benchmark ran")
         if json_out:
             write_text_atomic(json_out, _json.dumps(res, indent=2) + "\n")

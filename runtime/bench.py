@@ -5,6 +5,12 @@ memory. Compile time is measured in fresh processes: "cold" with an empty induct
 first run pays), "warm" with the cache the cold run left (what every later run pays). The machine,
 thread count and versions are printed with the table, and the share of the CPUs other processes
 kept busy while it ran (`runtime/cpu_load.py`): a benchmark on a busy machine says so.
+
+The step times of both rows come from one process that alternates them, an eager step and a
+compiled step per round (`measure_pair`, the warm-cache process): a VM whose speed drifts from
+one minute to the next slows both modes alike, where timing each mode in a process of its own
+put a drift between them. The speed-up is the median of the rounds' ratios. On the AVX-512 AMD
+VM, separate processes gave the Titans step 1.06× in one run and 1.72× a few minutes later.
 """
 
 from __future__ import annotations
@@ -110,7 +116,7 @@ def time_steps(step, warmup: int, iters: int) -> tuple[float, list[float]]:
     t0 = time.perf_counter()
     step()  # the first call: includes compilation when compiled
     first = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
+    for _ in range(warmup):  # `warmup` untimed steps after the first (nestc bench --warmup)
         step()
     times = []
     for _ in range(iters):
@@ -138,15 +144,65 @@ def measure(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool,
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def _child(args: dict) -> dict:
-    """Run `measure` in a fresh Python process (for memory and compile-time isolation)."""
+def alternating_rounds(steps: dict, warmup: int, iters: int) -> dict[str, list[float]]:
+    """`warmup` untimed calls of each step, then `iters` rounds of one timed call of each, the
+    order reversed every other round (no step always runs in the other's wake). `steps`: {name:
+    a function of no arguments}; returns {name: [seconds per round]}."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps.items())
+    for i in range(iters):
+        for name, step in order if i % 2 == 0 else order[::-1]:
+            t = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def measure_pair(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, iters: int,
+                 loops: str = "unroll", device: str = "cpu", precision: str = "fp32",
+                 first_pass: str = "frozen") -> dict:
+    """The compiled step's first step (its compile, from whatever inductor cache this process
+    has) and the eager step's, then `alternating_rounds` of the two. Both models start from the
+    same weights and see the same batches. Returns {"first_step_s": the compiled step's first,
+    "eager": [s...], "compiled": [s...], "ratios": [eager / compiled per round]}."""
+    kw = dict(loops=loops, device=device, precision=precision, first_pass=first_pass)
+    compiled_step, _ = build_step(spec, overrides, batch, seq_len, True, **kw)
+    t0 = time.perf_counter()
+    compiled_step()
+    first = time.perf_counter() - t0
+    eager_step, _ = build_step(spec, overrides, batch, seq_len, False, **kw)
+    eager_step()
+    times = alternating_rounds({"eager": eager_step, "compiled": compiled_step}, warmup, iters)
+    return {"first_step_s": first, **times,
+            "ratios": [e / c for e, c in zip(times["eager"], times["compiled"])]}
+
+
+def _paired_row(row: dict, times: list[float], tokens: int) -> dict:
+    """A row's step times replaced by the alternating rounds' (its own process's median kept as
+    `alone_median_s`)."""
+    med = statistics.median(times)
+    return dict(row, alone_median_s=row["median_s"], median_s=med, min_s=min(times), max_s=max(times),
+                tokens_per_s=tokens / med, round_times_s=times)
+
+
+def _child(args: dict, fn: str = "measure") -> dict:
+    """Run `measure` (or `measure_pair`) in a fresh Python process (for memory and compile-time
+    isolation)."""
     env = dict(os.environ)
     if args.get("cache_dir"):
         env["TORCHINDUCTOR_CACHE_DIR"] = args["cache_dir"]
-    code = ("import json, sys, torch; from nestc.runtime.bench import measure; "
+    if fn == "measure":
+        call = ("measure(a['spec'], a['overrides'], a['batch'], a['seq_len'], a['compile'], a['warmup'], "
+                "a['iters'], a['loops'], a['device'], a['precision'], a['first_pass'])")
+    else:
+        call = ("measure_pair(a['spec'], a['overrides'], a['batch'], a['seq_len'], a['warmup'], a['iters'], "
+                "a['loops'], a['device'], a['precision'], a['first_pass'])")
+    code = ("import json, sys, torch; from nestc.runtime.bench import measure, measure_pair; "
             "a = json.loads(sys.argv[1]); torch.set_num_threads(a['threads']); "
-            "print(json.dumps(measure(a['spec'], a['overrides'], a['batch'], a['seq_len'], "
-            "a['compile'], a['warmup'], a['iters'], a['loops'], a['device'], a['precision'], a['first_pass'])))")
+            f"print(json.dumps({call}))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
                          text=True, env=env)
     if out.returncode != 0:
@@ -170,10 +226,17 @@ def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, ite
     if compile:
         with tempfile.TemporaryDirectory(prefix="nestc-inductor-") as cache:
             cold = _child(dict(base, compile=True, cache_dir=cache))
-            warm = _child(dict(base, compile=True, cache_dir=cache))
+            pair = _child(dict(base, cache_dir=cache), fn="measure_pair")
         cold["compile_cold_s"] = cold["first_step_s"] - cold["median_s"]
-        cold["compile_warm_s"] = warm["first_step_s"] - warm["median_s"]
-        rows.append(cold)
+        tokens = batch * seq_len
+        eager = _paired_row(rows[0], pair["eager"], tokens)
+        compiled = _paired_row(cold, pair["compiled"], tokens)
+        compiled["compile_warm_s"] = pair["first_step_s"] - compiled["median_s"]
+        # the median of the rounds' ratios, and in how many rounds compiled was the faster
+        compiled["speedup"] = statistics.median(pair["ratios"])
+        compiled["rounds"] = len(pair["ratios"])
+        compiled["rounds_faster"] = sum(r > 1 for r in pair["ratios"])
+        rows = [eager, compiled]
     torch.set_num_threads(threads)
     # how much of the CPUs other processes took meanwhile (None where it cannot be read)
     return {"spec": spec, "overrides": overrides, "batch": batch, "seq_len": seq_len,

@@ -5,6 +5,7 @@ not speed (timings are benchmarks, never assertions)."""
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,7 @@ TINY_TITANS = {"d_model": "32", "heads": "2", "n_layers": "1", "chunk": "8"}
 def test_bench_writes_eager_and_compiled_rows_with_the_loop_mode(tmp_path):
     loops = "scan"  # not the defaults, so the rows show that the options reached the child process
     out = tmp_path / "bench.json"
-    r = nestc_cli("bench", "titans", "--batch", "1", "--seq-len", "16", "--warmup", "0", "--iters", "1",
+    r = nestc_cli("bench", "titans", "--batch", "1", "--seq-len", "16", "--warmup", "0", "--iters", "2",
                   "--threads", "1", "--loops", loops, "--first-pass", "shared", "--json", out,
                   *sets(TINY_TITANS), timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -31,7 +32,14 @@ def test_bench_writes_eager_and_compiled_rows_with_the_loop_mode(tmp_path):
     assert res["overrides"] == TINY_TITANS and res["batch"] * res["seq_len"] == 16
     for row in (eager, compiled):
         assert row["median_s"] > 0 and row["tokens_per_s"] == pytest.approx(16 / row["median_s"])
+        # the step times are the alternating rounds' (one process for both modes)
+        assert len(row["round_times_s"]) == 2 and row["median_s"] == pytest.approx(
+            statistics.median(row["round_times_s"])) and row["alone_median_s"] > 0
     assert compiled["compile_cold_s"] > 0 and "compile_warm_s" in compiled
+    ratios = [e / c for e, c in zip(eager["round_times_s"], compiled["round_times_s"])]
+    assert compiled["speedup"] == pytest.approx(statistics.median(ratios))
+    assert (compiled["rounds"], compiled["rounds_faster"]) == (2, sum(r > 1 for r in ratios))
+    assert "median of 2 alternating rounds" in r.stdout
     # the results name the code they measured: this checkout's commit
     head = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short=10", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
@@ -46,3 +54,13 @@ def test_bench_rejects_an_unknown_loop_mode():
 def test_bench_rejects_an_unknown_first_pass():
     r = nestc_cli("bench", "hope", "--first-pass", "thawed")
     assert_user_error(r, "--first-pass", "thawed", "frozen", "shared")
+
+
+def test_alternating_rounds_swap_the_order_every_round():
+    from nestc.runtime.bench import alternating_rounds
+
+    calls = []
+    times = alternating_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                               warmup=1, iters=3)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then ab, ba, ab
+    assert [len(t) for t in times.values()] == [3, 3] and all(x >= 0 for t in times.values() for x in t)
