@@ -14,17 +14,12 @@ from typing import Callable, Iterable
 
 def alternating_rounds(steps: dict[str, Callable[[], object]], select: Callable[[str], None],
                        rounds: int = 8) -> dict[str, list[float]]:
-    """Seconds of each step, round by round. `select(name)` runs before each of that variant's
-    steps (the scripts swap the function under test there)."""
-    names = list(steps)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            select(name)
-            t0 = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
+    """Seconds of each step, round by round, the order flipped every round (`nestc bench`'s own
+    rounds). `select(name)` runs before each of that variant's steps (the scripts swap the
+    function under test there)."""
+    from nestc.runtime.bench import alternating_rounds as rounds_of
+
+    return rounds_of(steps, rounds, select=select)
 
 
 def print_machine() -> None:

@@ -144,20 +144,27 @@ def measure(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool,
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def alternating_rounds(steps: dict, warmup: int, iters: int) -> dict[str, list[float]]:
-    """`warmup` untimed calls of each step, then `iters` rounds of one timed call of each, the
+def alternating_rounds(steps: dict, rounds: int, warmup: int = 0, select=None) -> dict[str, list[float]]:
+    """`warmup` untimed calls of each step, then `rounds` rounds of one timed call of each, the
     order reversed every other round (no step always runs in the other's wake). `steps`: {name:
-    a function of no arguments}; returns {name: [seconds per round]}."""
+    a function of no arguments}; `select(name)`, if given, runs untimed before each of that
+    step's calls (benchmarks/ab_rounds.py's scripts swap the code under test there). Returns
+    {name: [seconds per round]}."""
+    def run(name, step):
+        if select is not None:
+            select(name)
+        t = time.perf_counter()
+        step()
+        return time.perf_counter() - t
+
     for _ in range(warmup):
-        for step in steps.values():
-            step()
+        for name, step in steps.items():
+            run(name, step)
     times: dict[str, list[float]] = {name: [] for name in steps}
     order = list(steps.items())
-    for i in range(iters):
+    for i in range(rounds):
         for name, step in order if i % 2 == 0 else order[::-1]:
-            t = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t)
+            times[name].append(run(name, step))
     return times
 
 
@@ -175,7 +182,7 @@ def measure_pair(spec: str, overrides: dict, batch: int, seq_len: int, warmup: i
     first = time.perf_counter() - t0
     eager_step, _ = build_step(spec, overrides, batch, seq_len, False, **kw)
     eager_step()
-    times = alternating_rounds({"eager": eager_step, "compiled": compiled_step}, warmup, iters)
+    times = alternating_rounds({"eager": eager_step, "compiled": compiled_step}, iters, warmup)
     return {"first_step_s": first, **times,
             "ratios": [e / c for e, c in zip(times["eager"], times["compiled"])]}
 

@@ -61,6 +61,7 @@ def test_alternating_rounds_swap_the_order_every_round():
 
     calls = []
     times = alternating_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                               warmup=1, iters=3)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then ab, ba, ab
+                               rounds=3, warmup=1, select=lambda name: calls.append(name.upper()))
+    # warm-up, then ab, ba, ab; each call after its select
+    assert "".join(calls) == "AaBb" + "AaBb" + "BbAa" + "AaBb"
     assert [len(t) for t in times.values()] == [3, 3] and all(x >= 0 for t in times.values() for x in t)
