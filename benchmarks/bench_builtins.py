@@ -53,6 +53,7 @@ def run(spec: str, iters: int, warmup: int, eager_only: bool, device: str, resul
 def table(specs: list[str], results: Path = RESULTS) -> str:
     lines = ["| spec | batch × seq | params | eager tok/s | compiled tok/s | speed-up | compile cold s | compile warm s | commit |",
              "|---|---|---|---|---|---|---|---|---|"]
+    from nestc.runtime.bench import round_ratios
     from nestc.runtime.cpu_load import busy_warning
 
     machine, busy = None, []
@@ -67,10 +68,12 @@ def table(specs: list[str], results: Path = RESULTS) -> str:
         cells = [spec + _mode(comp), f"{res['batch']} × {res['seq_len']}", f"{eager['params'] / 1e6:.2f}M",
                  f"{eager['tokens_per_s']:,.0f}"]
         if comp:
-            # the median of alternating rounds' ratios; results from before nestc bench ran the
-            # rounds have the two modes' medians from processes of their own
-            speedup = comp.get("speedup", eager["median_s"] / comp["median_s"])
-            cells += [f"{comp['tokens_per_s']:,.0f}", f"{speedup:.2f}×",
+            # the median of alternating rounds' ratios and their range; results from before
+            # nestc bench ran the rounds have the two modes' medians from processes of their own
+            ratios = round_ratios(eager, comp)
+            speedup = f"{comp['speedup']:.2f}× ({min(ratios):.2f}–{max(ratios):.2f})" if ratios \
+                else f"{eager['median_s'] / comp['median_s']:.2f}×"
+            cells += [f"{comp['tokens_per_s']:,.0f}", speedup,
                       f"{comp['compile_cold_s']:.0f}", f"{comp['compile_warm_s']:.0f}"]
         else:
             cells += ["—"] * 4

@@ -392,6 +392,7 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         from .atomic import write_text_atomic
         from .resolve import resolve_ref
         from .runtime.bench import bench as run_bench
+        from .runtime.bench import round_ratios
         from .runtime.cpu_load import busy_warning, other_load
         from .runtime.ops import LOOP_MODES
 
@@ -437,9 +438,10 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         out.print(table)
         if len(res["rows"]) > 1:
             comp = res["rows"][1]
+            ratios = round_ratios(eager, comp)
             out.print(f"compiled / eager speed-up: {comp['speedup']:.2f}× (median of {comp['rounds']} "
-                      f"alternating rounds of one eager and one compiled step; compiled faster in "
-                      f"{comp['rounds_faster']})")
+                      f"alternating rounds of one eager and one compiled step, {min(ratios):.2f}–"
+                      f"{max(ratios):.2f}×; compiled faster in {comp['rounds_faster']})")
         warn_if_busy(m.get("other_cpu_load"), "while this benchmark ran")
         if json_out:
             write_text_atomic(json_out, _json.dumps(res, indent=2) + "\n")

@@ -174,7 +174,7 @@ def measure_pair(spec: str, overrides: dict, batch: int, seq_len: int, warmup: i
     """The compiled step's first step (its compile, from whatever inductor cache this process
     has) and the eager step's, then `alternating_rounds` of the two. Both models start from the
     same weights and see the same batches. Returns {"first_step_s": the compiled step's first,
-    "eager": [s...], "compiled": [s...], "ratios": [eager / compiled per round]}."""
+    "eager": [s...], "compiled": [s...]} (seconds per round)."""
     kw = dict(loops=loops, device=device, precision=precision, first_pass=first_pass)
     compiled_step, _ = build_step(spec, overrides, batch, seq_len, True, **kw)
     t0 = time.perf_counter()
@@ -183,8 +183,7 @@ def measure_pair(spec: str, overrides: dict, batch: int, seq_len: int, warmup: i
     eager_step, _ = build_step(spec, overrides, batch, seq_len, False, **kw)
     eager_step()
     times = alternating_rounds({"eager": eager_step, "compiled": compiled_step}, iters, warmup)
-    return {"first_step_s": first, **times,
-            "ratios": [e / c for e, c in zip(times["eager"], times["compiled"])]}
+    return {"first_step_s": first, **times}
 
 
 def _paired_row(row: dict, times: list[float], tokens: int) -> dict:
@@ -193,6 +192,14 @@ def _paired_row(row: dict, times: list[float], tokens: int) -> dict:
     med = statistics.median(times)
     return dict(row, alone_median_s=row["median_s"], median_s=med, min_s=min(times), max_s=max(times),
                 tokens_per_s=tokens / med, round_times_s=times)
+
+
+def round_ratios(eager: dict, compiled: dict) -> list[float] | None:
+    """Eager / compiled step time, round by round, from two rows of one `bench` result; None
+    for results from before the modes ran in alternating rounds."""
+    if "round_times_s" not in eager or "round_times_s" not in compiled:
+        return None
+    return [e / c for e, c in zip(eager["round_times_s"], compiled["round_times_s"])]
 
 
 def _child(args: dict, fn: str = "measure") -> dict:
@@ -240,9 +247,10 @@ def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, ite
         compiled = _paired_row(cold, pair["compiled"], tokens)
         compiled["compile_warm_s"] = pair["first_step_s"] - compiled["median_s"]
         # the median of the rounds' ratios, and in how many rounds compiled was the faster
-        compiled["speedup"] = statistics.median(pair["ratios"])
-        compiled["rounds"] = len(pair["ratios"])
-        compiled["rounds_faster"] = sum(r > 1 for r in pair["ratios"])
+        ratios = round_ratios(eager, compiled)
+        compiled["speedup"] = statistics.median(ratios)
+        compiled["rounds"] = len(ratios)
+        compiled["rounds_faster"] = sum(r > 1 for r in ratios)
         rows = [eager, compiled]
     torch.set_num_threads(threads)
     # how much of the CPUs other processes took meanwhile (None where it cannot be read)

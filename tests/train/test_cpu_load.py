@@ -120,10 +120,12 @@ def test_builtins_table_names_a_compiled_row_of_other_than_the_default_modes(tmp
     text = builtins.table(["plain", "short", "old"], tmp_path)
     assert "| plain |" in text and "| old |" in text
     assert "| 2.00× |" in text  # the ratio of the medians where a row has no rounds' speed-up
-    paired = dict(comp, speedup=1.23)  # the median of alternating rounds' ratios, when there is one
+    # the median of alternating rounds' ratios (2.0, 1.5, 1.6), and their range, when there are rounds
+    rounds = [dict(eager, round_times_s=[0.2, 0.3, 0.4]),
+              dict(comp, round_times_s=[0.1, 0.2, 0.25], speedup=1.6)]
     (tmp_path / "bench_paired.json").write_text(json.dumps(
-        {"batch": 1, "seq_len": 8, "machine": machine, "rows": [eager, paired]}))
-    assert "| 1.23× |" in builtins.table(["paired"], tmp_path)
+        {"batch": 1, "seq_len": 8, "machine": machine, "rows": rounds}))
+    assert "| 1.60× (1.50–2.00) |" in builtins.table(["paired"], tmp_path)
     assert "| short (loops call, first pass shared) |" in text
     for flag, value in (("--loops", "sideways"), ("--first-pass", "twice")):
         run = subprocess.run([sys.executable, str(script), "--specs", "transformer", flag, value,

@@ -40,6 +40,7 @@ def test_bench_writes_eager_and_compiled_rows_with_the_loop_mode(tmp_path):
     assert compiled["speedup"] == pytest.approx(statistics.median(ratios))
     assert (compiled["rounds"], compiled["rounds_faster"]) == (2, sum(r > 1 for r in ratios))
     assert "median of 2 alternating rounds" in r.stdout
+    assert f"{min(ratios):.2f}–{max(ratios):.2f}×" in r.stdout
     # the results name the code they measured: this checkout's commit
     head = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short=10", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
