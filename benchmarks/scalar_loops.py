@@ -6,7 +6,7 @@ contiguously (`OVERHEAD_RATIO_THRESHOLD` in torch/_inductor/codegen/cpp.py), suc
 a row-major weight or two layouts of one tensor shape mixed in one fused loop. Such a nest then
 runs scalar, often several times slower, and nothing in a profile says so. This module reads
 the generated source of every kernel in an inductor cache folder and reports, per kernel, the
-loop nests (one per ``#pragma omp for``) that contain no vector operation, with their iteration
+loop nests (each outermost ``for``, with the loops inside it) that contain no vector operation, with their iteration
 counts. `benchmarks/step_profile.py` prints it beside each kernel's time.
 
 It reads the source text as this torch writes it (2.13: the wrapper modules hold each kernel as
@@ -38,11 +38,31 @@ def kernel_sources(cache_dir: str | Path) -> dict[str, list[str]]:
     return found
 
 
+def loop_nests(source: str) -> list[str]:
+    """The text of each outermost `for` loop of a kernel, with its body. Found by brace depth,
+    not by ``#pragma omp for``: inductor writes that pragma only when torch runs more than one
+    thread, and a kernel compiled on one thread has the same nests without it."""
+    nests, depth, start, start_depth = [], 0, None, 0
+    for m in re.finditer(r"for\(|\{|\}", source):
+        token = m.group()
+        if token == "for(":
+            if start is None:
+                start, start_depth = m.start(), depth
+        elif token == "{":
+            depth += 1
+        else:
+            depth -= 1
+            if start is not None and depth == start_depth:
+                nests.append(source[start:m.end()])
+                start = None
+    return nests
+
+
 def scalar_nests(source: str) -> list[int]:
     """Iteration counts of the kernel's loop nests that run without vector operations (the
     product of the nest's constant loop bounds; a nest with no constant bound counts as 0)."""
     counts = []
-    for nest in source.split("#pragma omp for")[1:]:
+    for nest in loop_nests(source):
         if "at::vec::" in nest:
             continue
         bounds = [int(b) for b in LOOP_BOUND.findall(nest)]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -96,10 +97,22 @@ def test_the_anchor_layer_is_profiled_as_the_peer_comparison_times_it(tmp_path):
         assert run.returncode == 2 and "--anchor-layer" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_scalar_loops_are_found_in_inductors_source(tmp_path, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scalar_loops_are_found_in_inductors_source(tmp_path, monkeypatch, threads):
     """benchmarks/scalar_loops.py tells a kernel that inductor left scalar from one it vectorised,
     on the case that made ShortConv store its weight tap-major: a four-tap convolution with SiLU,
-    its taps read as columns of a row-major [C, 4] weight, against the same taps as rows."""
+    its taps read as columns of a row-major [C, 4] weight, against the same taps as rows. On one
+    thread inductor writes the loop nests without their `#pragma omp for`, which the reader
+    once relied on (it then found no nest at all)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _scalar_loops_case(tmp_path, monkeypatch, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _scalar_loops_case(tmp_path, monkeypatch, threads):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from scalar_loops import kernel_sources, scalar_iterations, scalar_nests
 
@@ -115,6 +128,7 @@ def test_scalar_loops_are_found_in_inductors_source(tmp_path, monkeypatch):
         torch.compile(conv, dynamic=False)(x, w)
         found[layout] = kernel_sources(tmp_path / layout)
     (name, (source,)), = found["columns"].items()  # one kernel: conv and SiLU fused
+    assert ("#pragma omp for" in source) == (threads > 1)
     assert scalar_nests(source) == [2 * 64 * 64]  # [2, 64, 64] one float at a time
     assert scalar_iterations(f"graph_0_{name}", found["columns"]) == 2 * 64 * 64
     (_, (source,)), = found["rows"].items()
