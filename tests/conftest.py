@@ -10,3 +10,31 @@ def pytest_configure(config):
     from nestc.runtime.inductor_setup import prepare_inductor
 
     prepare_inductor()
+
+import os
+
+import pytest
+
+# pytest-xdist runs the suite in two worker processes (the README's test command, `-n 2`).
+IN_A_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
+def pytest_sessionstart(session):
+    if IN_A_WORKER:
+        # Two processes with two torch threads each on a 2-core machine spin OpenMP threads for
+        # each other (benchmarks/results/busy_pair/: eager steps 6-8x slower); one thread each.
+        # The few tests that need a second thread (inductor's parallel loops) set it themselves.
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not IN_A_WORKER:
+        return
+    for item in items:
+        if item.get_closest_marker("alone"):
+            item.add_marker(pytest.mark.skip(
+                reason="measures the whole machine, so it runs with no other test beside it: "
+                       "`pytest -m alone` (the README's test command runs it so after the rest)"))

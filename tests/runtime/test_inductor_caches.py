@@ -7,6 +7,7 @@ import pytest
 import sympy
 import torch
 
+from inductor_helpers import assert_linear_stride_agrees, recorded_strides
 from nestc.runtime.inductor_caches import linear_stride, set_cache_size, torch_stride_at_vec_range, widen
 from small_models import compiled_step_code, generated_code
 
@@ -69,25 +70,6 @@ def test_inductor_writes_the_same_code_with_one_entry_caches_and_wide_ones():
     assert tiny == wide
 
 
-def _recorded_strides(run):
-    """Every distinct (index, var, vec_length) inductor asks the stride helper about while `run()`
-    compiles, with torch's own answer."""
-    original = torch_stride_at_vec_range()
-    asked = {}
-
-    def recording(index, var, vec_length=None):
-        asked[(index, var, vec_length)] = answer = original(index, var, vec_length)
-        return answer
-
-    resized = sizevars.stride_at_vec_range
-    sizevars.stride_at_vec_range = cpp.stride_at_vec_range = recording
-    try:
-        run()
-    finally:
-        sizevars.stride_at_vec_range = cpp.stride_at_vec_range = resized
-    return asked
-
-
 def test_linear_stride_reads_plain_strided_indexing_and_leaves_the_rest_to_torch():
     from torch.utils._sympy.functions import FloorDiv, ModularIndexing
 
@@ -105,23 +87,7 @@ def test_linear_stride_reads_plain_strided_indexing_and_leaves_the_rest_to_torch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["titans_mac", "hope", "cms"])
-def test_linear_stride_agrees_with_torch_on_every_expression_a_built_in_step_asks_about(name):
-    asked = _recorded_strides(lambda: compiled_step_code(name))
-    read_off = {key: (linear_stride(key[0], key[1]), answer) for key, answer in asked.items()}
-    eligible = {key: pair for key, pair in read_off.items() if pair[0] is not None}
-    assert len(eligible) > 0.5 * len(asked) > 10  # most of what a real step asks is plain strides
-    for (index, var, _), (mine, answer) in eligible.items():
-        assert mine == answer and type(mine) is type(answer), (index, var)
-
-
-@pytest.mark.slow
-def test_the_shortcut_leaves_a_built_in_steps_generated_code_unchanged():
-    try:
-        assert set_cache_size(1 << 16, shortcut=False)
-        without = compiled_step_code("titans_mac")
-        assert widen()
-        with_it = compiled_step_code("titans_mac")
-    finally:
-        widen()
-    assert "cpp_fused" in without and with_it == without
+@pytest.mark.parametrize("name,seq_len", [("hope", 8), ("cms", 16)])
+def test_linear_stride_agrees_with_torch_on_every_expression_a_built_in_step_asks_about(name, seq_len):
+    """Titans MAC's step: tests/runtime/test_inductor_setup.py (with its code unchanged)."""
+    assert_linear_stride_agrees(recorded_strides(lambda: compiled_step_code(name, seq_len)))

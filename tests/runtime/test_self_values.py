@@ -138,9 +138,11 @@ def test_scan_mode_hope_with_three_memory_chunks_equals_eager():
     """Loop mode "scan" once gave every chunk of Hope's main memory the first chunk's
     self-generated values (a function of the span called with (0, C) inside the scan): with three
     or more chunks in a call, the compiled loss differed from eager (5.56996 against 5.56796 in
-    this configuration). The values now come as `SelfValues`, which the scan cuts into chunks,
-    and a target that is still a function keeps the plain loop."""
-    from small_models import small
+    the shrunk Hope, CMS chunks 2/4/8). The values now come as `SelfValues`, which the scan cuts
+    into chunks, and a target that is still a function keeps the plain loop. The CMS levels'
+    chunks are longer here (their loops, unrolled, are most of the compile)."""
+    import nestc
+    from small_models import SHRINK, SMALL
 
     from nestc.runtime.ops import set_loop_mode
     from nestc.runtime.train import forward_loss
@@ -149,7 +151,8 @@ def test_scan_mode_hope_with_three_memory_chunks_equals_eager():
     try:
         torch._dynamo.reset()
         torch.manual_seed(0)
-        model = small("hope").model()  # c_memory 8: four chunks in 32 tokens
+        cms = {"c_fast": "8", "c_mid": "16", "c_slow": "32"}
+        model = nestc.compile("hope", {**SMALL, **SHRINK["hope"], **cms}).model()  # c_memory 8: four chunks in 32 tokens
         x = torch.randint(0, 256, (2, 32))
         y = torch.randint(0, 256, (2, 32))
         lss = {k: torch.randn(2, 32, w) * 1e-2 for k, w in model.lss_sites()}

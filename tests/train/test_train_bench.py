@@ -17,7 +17,7 @@ TINY_TITANS = {"d_model": "32", "heads": "2", "n_layers": "1", "chunk": "8"}
 
 
 def test_bench_writes_eager_and_compiled_rows_with_the_loop_mode(tmp_path):
-    loops = "scan"  # not the defaults, so the rows show that the options reached the child process
+    loops = "region"  # not the defaults, so the rows show that the options reached the child process
     out = tmp_path / "bench.json"
     r = nestc_cli("bench", "titans", "--batch", "1", "--seq-len", "16", "--warmup", "0", "--iters", "2",
                   "--threads", "1", "--loops", loops, "--first-pass", "shared", "--json", out,
