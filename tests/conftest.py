@@ -1,6 +1,10 @@
 # pytest puts this folder on the import path (it holds a conftest.py and is no package), so the
 # test folders below can share tests/small_models.py.
 
+import os
+
+import pytest
+
 
 def pytest_configure(config):
     # The tests compile through the same inductor setup as nestc's own compile paths (wider index
@@ -10,10 +14,6 @@ def pytest_configure(config):
     from nestc.runtime.inductor_setup import prepare_inductor
 
     prepare_inductor()
-
-import os
-
-import pytest
 
 # pytest-xdist runs the suite in two worker processes (the README's test command, `-n 2`).
 IN_A_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
