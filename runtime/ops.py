@@ -73,7 +73,7 @@ def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int
 # the fastest steps), "scan" (the body traced once: compiles several times faster, but on CPU
 # inductor runs the scan slower than eager), "region" (unrolled, each chunk a call of one
 # reusable compiled region, `_region_loop`: for Hope 40% less compile time than "unroll", steps
-# as fast or up to about 10% slower in the runs so far) or "call" (`_call_loop`: the loop itself runs outside the graph, each chunk
+# about 7-10% slower) or "call" (`_call_loop`: the loop itself runs outside the graph, each chunk
 # a call of the body compiled on its own, once for every chunk, layer and step; the code around
 # the loop compiles as the graphs before and after it, so the step has a graph break at each
 # such loop, by design: for Hope a third of "unroll"'s compile time, steps about 45% slower).
