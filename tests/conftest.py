@@ -30,6 +30,17 @@ def pytest_sessionstart(session):
         torch.set_num_threads(1)
 
 
+@pytest.fixture
+def torch_threads():
+    """`torch_threads(n)` runs the rest of the test on n torch threads; the session's count comes
+    back afterwards (one in a pytest-xdist worker)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     if not IN_A_WORKER:
         return

@@ -96,7 +96,7 @@ def test_optimizer_step_variants_have_no_graph_breaks(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,loops", [("titans", "unroll"), ("hope", "unroll"), ("titans", "scan"),
                                         ("hope", "scan"), ("hope", "region"), ("hope", "call")])
-def test_compiled_meta_gradients_equal_eager(name, loops, request):
+def test_compiled_meta_gradients_equal_eager(name, loops, request, torch_threads):
     """Outer gradients through the inner updates (the meta-learned initial states and every
     projection) agree between the compiled step and eager execution, with chunk loops unrolled,
     traced as scans, run as calls of one compiled region, or run between graphs as calls of a
@@ -108,9 +108,7 @@ def test_compiled_meta_gradients_equal_eager(name, loops, request):
     if (name, loops) == ("titans", "unroll"):
         # two threads, whatever the session runs with (one per pytest-xdist worker): inductor
         # then writes its OpenMP-parallel loops, as in the benchmarks
-        threads = torch.get_num_threads()
-        torch.set_num_threads(2)
-        request.addfinalizer(lambda: torch.set_num_threads(threads))
+        torch_threads(2)
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = small(name).model()

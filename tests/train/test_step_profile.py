@@ -98,21 +98,13 @@ def test_the_anchor_layer_is_profiled_as_the_peer_comparison_times_it(tmp_path):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_scalar_loops_are_found_in_inductors_source(tmp_path, monkeypatch, threads):
+def test_scalar_loops_are_found_in_inductors_source(tmp_path, monkeypatch, threads, torch_threads):
     """benchmarks/scalar_loops.py tells a kernel that inductor left scalar from one it vectorised,
     on the case that made ShortConv store its weight tap-major: a four-tap convolution with SiLU,
     its taps read as columns of a row-major [C, 4] weight, against the same taps as rows. On one
     thread inductor writes the loop nests without their `#pragma omp for`, which the reader
     once relied on (it then found no nest at all)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        _scalar_loops_case(tmp_path, monkeypatch, threads)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _scalar_loops_case(tmp_path, monkeypatch, threads):
+    torch_threads(threads)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from scalar_loops import kernel_sources, scalar_iterations, scalar_nests
 
