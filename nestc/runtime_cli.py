@@ -29,7 +29,8 @@ def _levels_line(levels: dict[str, int]) -> str:
 
 COMPILING = ("compiling the training step (torch.compile runs in the first step; a cold compile "
              "takes seconds to minutes: `--loops region` compiles in about 60% of the time, `--loops "
-             "call --first-pass shared` in a fraction of it, for slower steps)")
+             "call --first-pass shared` in a fraction of it, for slower steps; a later run reuses "
+             "what this one compiles, from torch's inductor cache)")
 
 
 class TrainView:

@@ -12,6 +12,9 @@ first step minus the second. 1: cold, setting on (fills the cache); 2: on; 3: of
 saves the entries the off setting keys differently (not counted: the setting is part of
 AOTAutograd's cache key, so a cache filled with it on is cold for those graphs); 4: off; 5: on.
 "on" is the median of 2 and 5. Each process prints AOTAutograd's and inductor's cache counters.
+"Off" is torch's environment variable TORCHINDUCTOR_AUTOGRAD_CACHE_ALLOW_CUSTOM_AUTOGRAD=0, which
+overrides the value nestc sets (setting it in code would not do: nestc's compile paths turn it on
+again each time they prepare inductor); each process reports the value it ran with.
 """
 import json
 import os
@@ -32,8 +35,7 @@ import json, sys, time
 import torch
 torch.set_num_threads(2)
 from nestc.runtime.inductor_setup import prepare_inductor
-prepare_inductor()
-torch._functorch.config.autograd_cache_allow_custom_autograd_functions = sys.argv[2] == "on"
+prepare_inductor()  # "off": torch's environment variable (set by the parent) overrides it
 from torch._dynamo.utils import counters
 from nestc.resolve import resolve_ref
 from nestc.runtime.bench import build_step
@@ -42,17 +44,23 @@ step, _ = build_step(sys.argv[1], {}, int(train.get("batch", 4)), int(train.get(
 t = time.perf_counter(); loss = step(); first = time.perf_counter() - t
 t = time.perf_counter(); step(); second = time.perf_counter() - t
 cache = {k: v for group in ("aot_autograd", "inductor") for k, v in counters[group].items() if "cache" in k}
-print(json.dumps({"compile_s": first - second, "loss": loss, "cache": cache}))
+setting = torch._functorch.config.autograd_cache_allow_custom_autograd_functions
+print(json.dumps({"compile_s": first - second, "loss": loss, "setting": setting, "cache": cache}))
 """
 
 ORDER = [("cold", "on"), ("warm", "on"), ("fill", "off"), ("warm", "off"), ("warm", "on")]
 
 
 def run(spec: str, setting: str, cache: str) -> dict:
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, PYTHONPATH=str(ROOT))
+    # torch lets this variable override any value set in code (nestc's compile paths turn the
+    # setting on each time they prepare inductor)
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, PYTHONPATH=str(ROOT),
+               TORCHINDUCTOR_AUTOGRAD_CACHE_ALLOW_CUSTOM_AUTOGRAD="1" if setting == "on" else "0")
     out = subprocess.run([sys.executable, "-c", CHILD, spec, setting], env=env, capture_output=True,
                          text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["setting"] == (setting == "on"), result
+    return result
 
 
 if __name__ == "__main__":
