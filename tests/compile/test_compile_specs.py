@@ -100,7 +100,10 @@ def test_compiled_meta_gradients_equal_eager(name, loops, request, torch_threads
     """Outer gradients through the inner updates (the meta-learned initial states and every
     projection) agree between the compiled step and eager execution, with chunk loops unrolled,
     traced as scans, run as calls of one compiled region, or run between graphs as calls of a
-    body compiled by itself."""
+    body compiled by itself. And every graph of the step is one AOTAutograd's cache may keep (a
+    graph it bypasses is traced again in every new process; runtime/autograd_cache.py)."""
+    from torch._dynamo.utils import counters
+
     from nestc.runtime.ops import set_loop_mode
 
     set_loop_mode(loops)
@@ -117,7 +120,10 @@ def test_compiled_meta_gradients_equal_eager(name, loops, request, torch_threads
     lss = {k: torch.randn(2, 16, w) * 1e-2 for k, w in model.lss_sites()}
     eager = torch.autograd.grad(forward_loss(model, x, y, lss), list(model.parameters()), allow_unused=True)
     fn = torch.compile(lambda a, b, s: forward_loss(model, a, b, s), fullgraph=loops != "call")
+    bypassed = counters["aot_autograd"]["autograd_cache_bypass"]
     compiled = torch.autograd.grad(fn(x, y, lss), list(model.parameters()), allow_unused=True)
+    if loops != "scan":  # torch 2.13's cache does not take the scan operator
+        assert counters["aot_autograd"]["autograd_cache_bypass"] == bypassed
     compared = _assert_eager_gradients(model, eager, compiled)
     assert any("init" in n for n in compared)  # the meta-learned initial states received gradients
 
