@@ -6,8 +6,8 @@ A compiled memory reads its state through `_StateTimes` (runtime/memory.py), an
 (which keeps, per graph, the traced joint graph's partition and the compiled forward and backward)
 refuses any graph that holds that op unless `torch._functorch.config.
 autograd_cache_allow_custom_autograd_functions` is on, and it is off by default in torch 2.13.
-So every graph of a step with a compiled memory in it (Hope's layers, Titans', CMS's) was traced
-and partitioned again in every new process, even when inductor's own cache had its kernels:
+So every graph of a step with a compiled memory in it (Hope's and the Titans family's) was
+traced and partitioned again in every new process, even when inductor's own cache had its kernels:
 a warm compile still paid most of the cold one's AOTAutograd work.
 
 `allow_custom_functions()` turns the setting on. It is safe for nestc's graphs for the reason

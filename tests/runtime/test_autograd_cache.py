@@ -1,7 +1,7 @@
 """runtime/autograd_cache.py: AOTAutograd's cache must keep a graph that reads a memory's state
 through `_StateTimes` (an autograd.Function), and a process that finds it there must compute what
 the first one did, forward and backward. Without the setting torch bypasses its cache for such a
-graph, which the last test shows (so the first two can fail)."""
+graph, which the second test shows (so the first can fail)."""
 
 from __future__ import annotations
 
