@@ -74,14 +74,15 @@ def same_numbers(names: Iterable[str], select: Callable[[str], None], spec: str 
 def compiled_steps(names: Iterable[str], select: Callable[[str], None], loops: str,
                    spec: str = "hope", options: dict[str, dict] | None = None) -> dict[str, Callable[[], object]]:
     """Each variant's compiled training step (its own model and graphs, `nestc bench`'s step at
-    batch 4 x 128, with `options[name]`'s extra `build_step` keywords), compiled by a first step
-    whose time and loss are printed."""
+    batch 4 x 128, with `options[name]`'s extra `build_step` keywords, which may set the
+    variant's own `loops`), compiled by a first step whose time and loss are printed."""
     from nestc.runtime.bench import build_step
 
     steps = {}
     for name in names:
         select(name)
-        step, _ = build_step(spec, {}, 4, 128, compile=True, loops=loops, **(options or {}).get(name, {}))
+        keywords = {"loops": loops, **(options or {}).get(name, {})}
+        step, _ = build_step(spec, {}, 4, 128, compile=True, **keywords)
         t0 = time.perf_counter()
         loss = step()
         print(name, "first step", round(time.perf_counter() - t0, 1), "s, loss", round(loss, 6), flush=True)

@@ -10,7 +10,6 @@ graph is traced, so `select` sets it before each variant's step and each runs th
 compiled. Then the two step in alternating rounds, the order flipped every round.
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -18,8 +17,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[3]))
 sys.path.insert(0, str(HERE.parents[2]))  # benchmarks/
-from ab_rounds import alternating_rounds, print_machine, print_rounds
-from nestc.runtime.bench import build_step
+from ab_rounds import alternating_rounds, compiled_steps, print_machine, print_rounds
 from nestc.runtime.inductor_setup import prepare_inductor
 from nestc.runtime.ops import set_loop_mode
 
@@ -30,13 +28,8 @@ if __name__ == "__main__":
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 8
     print_machine()
     print("hope, compiled training step, batch 4 x 128, first pass frozen")
-    steps = {}
-    for loops in ("unroll", "region"):
-        step, _ = build_step("hope", {}, 4, 128, compile=True, loops=loops)
-        t0 = time.perf_counter()
-        loss = step()
-        print(f"{loops}: first step (compiles) {time.perf_counter() - t0:.1f} s, loss {loss:.7f}", flush=True)
-        steps[loops] = step
+    modes = ("unroll", "region")
+    steps = compiled_steps(modes, set_loop_mode, "unroll", options={m: {"loops": m} for m in modes})
     with torch._dynamo.config.patch(error_on_recompile=True):  # each runs its own graphs
         times = alternating_rounds(steps, set_loop_mode, rounds)
     print_rounds(times, "unroll", "region")
