@@ -15,7 +15,7 @@ from typing import Callable, List, Optional
 import typer
 from rich.console import Console
 
-from .diagnostics import NestError, Pos
+from .diagnostics import NestError, Pos, plural
 from .runtime.devices import DEVICE_HELP, PRECISION_HELP, check_precision, resolve_device
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -95,8 +95,6 @@ def check(spec: str = typer.Argument(..., help="a spec file (.nest / .yaml) or a
         unsupported(program)
         print_warnings(err_console, program.warnings)
         n = sum(1 for _ in lg.graph.nodes)
-        from .diagnostics import plural
-
         out.print(f"[bold green]✓[/] {program.name}: {plural(n, 'box')} in "
                   f"{plural(len(lg.levels), 'level')}, {plural(len(program.layers), 'layer')} — "
                   "checks clean")
@@ -412,14 +410,18 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
                 err_console.print(f"[yellow]warning[/]: {warning}")
 
         warn_if_busy(other_load(), "just before this benchmark")
-        res = run_bench(spec, overrides, b, t, warmup, iters, threads, compile=not no_compile,
-                        loops=loops, device=dev, precision=precision, first_pass=first_pass)
+        from .bench_progress import BenchProgress
+
+        with BenchProgress(err_console) as shown:  # minutes of work: say where it is
+            res = run_bench(spec, overrides, b, t, warmup, iters, threads, compile=not no_compile,
+                            loops=loops, device=dev, precision=precision, first_pass=first_pass,
+                            on_progress=shown)
         m = res["machine"]
         out.print(f"[bold]nestc bench {spec}[/]  batch {b} × seq {t} = {b * t} tokens/step, "
                   f"{iters} timed steps after {warmup + 1} warm-up"
                   + ("" if no_compile else " (each mode; compile times from processes of their own)"))
         isa = f" ({m['cpu_capability']})" if m.get("cpu_capability") else ""
-        out.print(f"{m['cpu']}{isa} | {m['threads']} threads | device {m['device']} | {precision} "
+        out.print(f"{m['cpu']}{isa} | {plural(m['threads'], 'thread')} | device {m['device']} | {precision} "
                   f"| torch {m['torch']} "
                   f"| python {m['python']} | nestc {m['nestc']}"
                   + (f" | chunk loops: {loops} | first pass: {first_pass}" if not no_compile else ""))

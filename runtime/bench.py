@@ -11,20 +11,28 @@ compiled step per round (`measure_pair`, the warm-cache process): a VM whose spe
 one minute to the next slows both modes alike, where timing each mode in a process of its own
 put a drift between them. The speed-up is the median of the rounds' ratios. On the AVX-512 AMD
 VM, separate processes gave the Titans step 1.06× in one run and 1.72× a few minutes later.
+
+A benchmark runs for minutes (Hope's cold compile alone takes about five on two threads), so the
+child processes say where they are: a line on stderr, tagged `PROGRESS_TAG`, at each step
+(`progress`), which `bench` reads as it comes and hands to its caller (`nestc bench` shows it).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -112,14 +120,31 @@ def build_step(spec: str, overrides: dict, batch: int, seq_len: int, compile: bo
     return step, model
 
 
-def time_steps(step, warmup: int, iters: int) -> tuple[float, list[float]]:
+# A child process of `bench` tells its parent where it is with lines "<PROGRESS_TAG>{json}" on
+# stderr, when the parent asks for them (PROGRESS_ENV=1); anything else on stderr is the child's own.
+PROGRESS_TAG = "nestc-bench-progress "
+PROGRESS_ENV = "NESTC_BENCH_PROGRESS"
+
+
+def progress(what: str, done: int = 0, total: int | None = None) -> None:
+    """Report `what` the process is doing (`done` of `total` steps so far; total None: one step of
+    unknown length, such as a first step that compiles) to a parent `bench` that asked for it."""
+    if os.environ.get(PROGRESS_ENV) == "1":
+        sys.stderr.write(PROGRESS_TAG + json.dumps({"what": what, "done": done, "total": total}) + "\n")
+        sys.stderr.flush()
+
+
+def time_steps(step, warmup: int, iters: int, first_label: str = "first step") -> tuple[float, list[float]]:
+    progress(first_label)
     t0 = time.perf_counter()
     step()  # the first call: includes compilation when compiled
     first = time.perf_counter() - t0
-    for _ in range(warmup):  # `warmup` untimed steps after the first (nestc bench --warmup)
+    for i in range(warmup):  # `warmup` untimed steps after the first (nestc bench --warmup)
+        progress("warm-up steps", i, warmup)
         step()
     times = []
-    for _ in range(iters):
+    for i in range(iters):
+        progress("timed steps", i, iters)
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
@@ -129,9 +154,10 @@ def time_steps(step, warmup: int, iters: int) -> tuple[float, list[float]]:
 def measure(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool, warmup: int,
             iters: int, loops: str = "unroll", device: str = "cpu", precision: str = "fp32",
             first_pass: str = "frozen") -> dict:
+    progress("building the model")
     step, model = build_step(spec, overrides, batch, seq_len, compile, loops=loops, device=device,
                              precision=precision, first_pass=first_pass)
-    first, times = time_steps(step, warmup, iters)
+    first, times = time_steps(step, warmup, iters, "first step (compiles)" if compile else "first step")
     med = statistics.median(times)
     gpu = {"peak_gpu_mb": torch.cuda.max_memory_allocated(torch.device(device)) / 2**20} \
         if torch.device(device).type == "cuda" else {}
@@ -144,11 +170,13 @@ def measure(spec: str, overrides: dict, batch: int, seq_len: int, compile: bool,
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def alternating_rounds(steps: dict, rounds: int, warmup: int = 0, select=None) -> dict[str, list[float]]:
+def alternating_rounds(steps: dict, rounds: int, warmup: int = 0, select=None,
+                       report: Callable[[str, int, int], None] | None = None) -> dict[str, list[float]]:
     """`warmup` untimed calls of each step, then `rounds` rounds of one timed call of each, the
     order reversed every other round (no step always runs in the other's wake). `steps`: {name:
     a function of no arguments}; `select(name)`, if given, runs untimed before each of that
-    step's calls (benchmarks/ab_rounds.py's scripts swap the code under test there). Returns
+    step's calls (benchmarks/ab_rounds.py's scripts swap the code under test there); `report(what,
+    done, total)`, if given, hears of each warm-up and round before it runs. Returns
     {name: [seconds per round]}."""
     def run(name, step):
         if select is not None:
@@ -157,12 +185,15 @@ def alternating_rounds(steps: dict, rounds: int, warmup: int = 0, select=None) -
         step()
         return time.perf_counter() - t
 
-    for _ in range(warmup):
+    report = report or (lambda what, done, total: None)
+    for i in range(warmup):
+        report("warm-up rounds", i, warmup)
         for name, step in steps.items():
             run(name, step)
     times: dict[str, list[float]] = {name: [] for name in steps}
     order = list(steps.items())
     for i in range(rounds):
+        report("timed rounds", i, rounds)
         for name, step in order if i % 2 == 0 else order[::-1]:
             times[name].append(run(name, step))
     return times
@@ -176,13 +207,17 @@ def measure_pair(spec: str, overrides: dict, batch: int, seq_len: int, warmup: i
     same weights and see the same batches. Returns {"first_step_s": the compiled step's first,
     "eager": [s...], "compiled": [s...]} (seconds per round)."""
     kw = dict(loops=loops, device=device, precision=precision, first_pass=first_pass)
+    progress("building the models")
     compiled_step, _ = build_step(spec, overrides, batch, seq_len, True, **kw)
+    progress("first compiled step (a warm compile)")
     t0 = time.perf_counter()
     compiled_step()
     first = time.perf_counter() - t0
     eager_step, _ = build_step(spec, overrides, batch, seq_len, False, **kw)
+    progress("first eager step")
     eager_step()
-    times = alternating_rounds({"eager": eager_step, "compiled": compiled_step}, iters, warmup)
+    times = alternating_rounds({"eager": eager_step, "compiled": compiled_step}, iters, warmup,
+                               report=progress)
     return {"first_step_s": first, **times}
 
 
@@ -202,12 +237,16 @@ def round_ratios(eager: dict, compiled: dict) -> list[float] | None:
     return [e / c for e, c in zip(eager["round_times_s"], compiled["round_times_s"])]
 
 
-def _child(args: dict, fn: str = "measure") -> dict:
+def _child(args: dict, fn: str = "measure", on_progress: Callable[[dict], None] | None = None) -> dict:
     """Run `measure` (or `measure_pair`) in a fresh Python process (for memory and compile-time
-    isolation)."""
+    isolation). `on_progress(event)` hears each of the child's `progress` reports as it comes
+    ({"what", "done", "total"}); the child's other stderr lines are kept for its error message."""
     env = dict(os.environ)
     if args.get("cache_dir"):
         env["TORCHINDUCTOR_CACHE_DIR"] = args["cache_dir"]
+    env.pop(PROGRESS_ENV, None)
+    if on_progress is not None:
+        env[PROGRESS_ENV] = "1"
     if fn == "measure":
         call = ("measure(a['spec'], a['overrides'], a['batch'], a['seq_len'], a['compile'], a['warmup'], "
                 "a['iters'], a['loops'], a['device'], a['precision'], a['first_pass'])")
@@ -217,16 +256,59 @@ def _child(args: dict, fn: str = "measure") -> dict:
     code = ("import json, sys, torch; from nestc.runtime.bench import measure, measure_pair; "
             "a = json.loads(sys.argv[1]); torch.set_num_threads(a['threads']); "
             f"print(json.dumps({call}))")
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
-                         text=True, env=env)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "benchmark failed")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    stdout: list[str] = []
+    # stdout drains on a thread of its own, so that a child filling that pipe cannot stall its stderr
+    drain = threading.Thread(target=lambda: stdout.extend(proc.stdout), daemon=True)
+    drain.start()
+    stderr_tail: collections.deque[str] = collections.deque(maxlen=200)
+    try:
+        for line in proc.stderr:
+            if line.startswith(PROGRESS_TAG) and on_progress is not None:
+                on_progress(json.loads(line[len(PROGRESS_TAG):]))
+            else:
+                stderr_tail.append(line)
+        proc.wait()
+    finally:
+        if proc.poll() is None:  # the parent was interrupted: the child goes with it
+            proc.kill()
+            proc.wait()
+    drain.join()
+    if proc.returncode != 0:
+        raise RuntimeError(_child_error(list(stderr_tail)))
+    return json.loads("".join(stdout).strip().splitlines()[-1])
+
+
+def _child_error(stderr: list[str]) -> str:
+    """What a failed child died of: the exception its traceback ends with (its message may span
+    lines, as a spec error's hint does), else its last line of stderr."""
+    lines = [line.rstrip() for line in stderr if line.strip()]
+    starts = [i for i, line in enumerate(lines) if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", line)]
+    if starts:
+        return "\n".join(lines[starts[-1]:])
+    return lines[-1] if lines else "benchmark failed"
+
+
+# What each child process of `bench` does, as its progress reports name it.
+STAGES = {"eager": "eager step", "cold": "compiled step, empty inductor cache",
+          "pair": "both steps, alternating rounds (inductor cache warm)"}
 
 
 def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, iters: int,
           threads: int, compile: bool = True, loops: str = "unroll", device: str = "cpu",
-          precision: str = "fp32", first_pass: str = "frozen") -> dict:
+          precision: str = "fp32", first_pass: str = "frozen",
+          on_progress: Callable[[str, dict], None] | None = None) -> dict:
+    """The rows of `nestc bench`: eager in a process of its own; with `compile`, the compiled step
+    in a process with an empty inductor cache (its cold compile), then both in one process on the
+    cache it left (warm compile, alternating rounds). `on_progress(stage, event)`: each child's
+    progress as it comes, `stage` a key of STAGES (event {"what": "starting a process", ...} first)."""
+    def child(stage: str, child_args: dict, fn: str = "measure") -> dict:
+        if on_progress is None:
+            return _child(child_args, fn)
+        on_progress(stage, {"what": "starting a process", "done": 0, "total": None})
+        return _child(child_args, fn, lambda event: on_progress(stage, event))
+
     base = dict(spec=spec, overrides=overrides, batch=batch, seq_len=seq_len, warmup=warmup,
                 iters=iters, threads=threads, loops=loops, device=device, precision=precision,
                 first_pass=first_pass)
@@ -236,11 +318,11 @@ def bench(spec: str, overrides: dict, batch: int, seq_len: int, warmup: int, ite
 
         check_shared_first_pass(nestc.compile(spec, overrides).model(vocab=256))
     meter = OtherLoad().start()
-    rows = [_child(dict(base, compile=False))]
+    rows = [child("eager", dict(base, compile=False))]
     if compile:
         with tempfile.TemporaryDirectory(prefix="nestc-inductor-") as cache:
-            cold = _child(dict(base, compile=True, cache_dir=cache))
-            pair = _child(dict(base, cache_dir=cache), fn="measure_pair")
+            cold = child("cold", dict(base, compile=True, cache_dir=cache))
+            pair = child("pair", dict(base, cache_dir=cache), fn="measure_pair")
         cold["compile_cold_s"] = cold["first_step_s"] - cold["median_s"]
         tokens = batch * seq_len
         eager = _paired_row(rows[0], pair["eager"], tokens)
