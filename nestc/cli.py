@@ -52,15 +52,21 @@ def check_first_pass(name: str) -> str:
 
 
 def _run(fn: Callable[[], int | None]) -> None:
+    from .signals import terminate_as_interrupt
+
     try:
-        code = fn()
+        with terminate_as_interrupt():  # a `kill` ends it as Ctrl-C does: checkpoints, cleanup
+            code = fn()
     except NestError as e:
         from .views import print_error
 
         print_error(err_console, e)
         raise typer.Exit(2)
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+    except (typer.Exit, typer.Abort):
         raise
+    except KeyboardInterrupt:  # Ctrl-C, or a `kill` (terminate_as_interrupt): one line, the shell's code
+        err_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130)
     except Exception as e:  # an internal error: never show a user a bare traceback
         if os.environ.get("NESTC_DEBUG"):
             traceback.print_exc()
