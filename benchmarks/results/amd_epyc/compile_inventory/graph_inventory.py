@@ -53,13 +53,19 @@ def main() -> None:
         return original(fn, **kw) if fn is not None else functools.partial(compile_counting, **kw)
 
     torch.compile = compile_counting
+    first_step("graph inventory", spec, loops, "traced, not compiled by inductor")
+
+
+def first_step(title: str, spec: str, loops: str, what: str) -> None:
+    """Print what runs where, then build the spec's compiled training step (batch 4 x seq 128,
+    first pass frozen) and time its first step (kernel_duplicates.py uses this too)."""
     m = machine()
-    print(f"graph inventory: {spec}, loops {loops}, first pass frozen, batch 4 x seq 128; "
+    print(f"{title}: {spec}, loops {loops}, first pass frozen, batch 4 x seq 128; "
           f"{m['cpu']} ({m['cpu_capability']}), torch {m['torch']}, commit {m['commit']}")
     step, _ = build_step(spec, {}, 4, 128, compile=True, loops=loops, first_pass="frozen")
     t0 = time.perf_counter()
     step()
-    print(f"first step (traced, not compiled by inductor): {time.perf_counter() - t0:.1f} s")
+    print(f"first step ({what}): {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

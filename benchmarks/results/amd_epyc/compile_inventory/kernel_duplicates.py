@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from torch._inductor import graph as inductor_graph  # noqa: E402
 from torch._inductor.codegen import cpp  # noqa: E402
 
-from nestc.runtime.bench import build_step, machine  # noqa: E402
+from graph_inventory import first_step  # noqa: E402  (beside this script)
 
 
 def main() -> None:
@@ -60,13 +60,7 @@ def main() -> None:
     cpp.CppScheduling.codegen_node = timed_codegen_node
     cpp.CppScheduling.define_kernel = counted_define_kernel
     inductor_graph.GraphLowering.codegen = timed_graph_codegen
-    m = machine()
-    print(f"kernel duplicates: {spec}, loops {loops}, first pass frozen, batch 4 x seq 128; "
-          f"{m['cpu']} ({m['cpu_capability']}), torch {m['torch']}, commit {m['commit']}")
-    step, _ = build_step(spec, {}, 4, 128, compile=True, loops=loops, first_pass="frozen")
-    t0 = time.perf_counter()
-    step()
-    print(f"first step (cold compile): {time.perf_counter() - t0:.1f} s")
+    first_step("kernel duplicates", spec, loops, "cold compile")
     print(f"write the kernels (GraphLowering.codegen, all graphs): {stats['graph_codegen_s']:.1f} s")
     print(f"  of which node groups to C++ loops (codegen_node): {stats['write_s']:.1f} s")
     print(f"kernels defined: {stats['kernels']}, of which repeat an earlier kernel's source: "
