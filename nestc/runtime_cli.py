@@ -57,6 +57,9 @@ class TrainView:
         elif record.get("kind") == "nonfinite":
             self.notes.append(f"step {record['step']}: skipped (non-finite {record['where']})")
             self._mark(record["step"])
+        elif record.get("kind") == "stopping":  # the first Ctrl-C or kill (runtime/interrupts.py)
+            self.notes.append(f"{record['why']} at step {record['step']}: stopping when the step in progress "
+                              "ends, and saving it; once more stops at once, without saving that step")
         else:
             self.last = record
             self._mark(record["step"])
@@ -135,7 +138,7 @@ def train_command(compiled, flags: dict, out: Path, resume: Path | None, out_con
         def plain(record, _orig=view.update):
             _orig(record)
             now = time.perf_counter()
-            if record.get("kind") == "eval" or now - last_print[0] > 10:
+            if record.get("kind") in ("eval", "stopping") or now - last_print[0] > 10:
                 last_print[0] = now
                 err_console.print(view)
 

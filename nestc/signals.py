@@ -4,9 +4,11 @@ Python dies on SIGTERM (what `kill`, `timeout`, `docker stop` and job schedulers
 running a single `finally`: a training run would lose every step since its last checkpoint, and a
 benchmark would leave its child processes running and its temporary inductor cache on disk. Under
 `terminate_as_interrupt()` the first SIGTERM raises KeyboardInterrupt in the main thread instead,
-so the paths that handle Ctrl-C run: `nestc train` evaluates and writes `last.safetensors`,
-`nestc bench` stops its child process and removes its cache. A second SIGTERM is not caught (the
-default handler is back): whoever sends it wants the process gone now.
+so the paths that handle Ctrl-C run: `nestc bench` stops its child process and removes its
+cache. A second SIGTERM is not caught (the default handler is back): whoever sends it wants the
+process gone now. A training run handles both signals itself while its loop runs
+(`runtime/interrupts.py`: the first stops it at the end of the step in progress, whose checkpoint
+it writes); around the loop (building the model, the final evaluation) this module's applies.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""A `kill` (SIGTERM) ends a nestc command as Ctrl-C does (nestc/signals.py): a training run
-writes its checkpoint and says where it stopped, a benchmark stops its child process and removes
-its temporary inductor cache. Real processes, real signals."""
+"""A `kill` (SIGTERM) ends a nestc command as Ctrl-C does (nestc/signals.py, and
+runtime/interrupts.py in the training loop): a training run stops at a step's end, writes its
+checkpoint and says where it stopped; a benchmark stops its child process and removes its
+temporary inductor cache. Real processes, real signals."""
 
 from __future__ import annotations
 
