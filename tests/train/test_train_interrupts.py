@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 
+import pytest
 import torch
 
 import nestc
@@ -25,29 +26,38 @@ def config(steps: int, checkpoint_every: int) -> TrainConfig:
 
 
 class CtrlC:
-    """A forward hook that presses Ctrl-C `times` times (SIGINT to this process) in the first
-    forward pass of step `at` (counted from 1), i.e. in the middle of that step."""
+    """Presses Ctrl-C `times` times (SIGINT to this process) once, in step `at` (counted from 1),
+    from a hook `where` in that step: the model's first forward pass, its backward pass, or
+    between the optimizer's first level's update and the others'."""
 
-    def __init__(self, trainer: Trainer, at: int, times: int):
+    def __init__(self, trainer: Trainer, at: int, times: int, where: str = "forward"):
         self.trainer, self.at, self.times, self.sent = trainer, at, times, False
+        if where == "forward":
+            trainer.model.embed.register_forward_hook(lambda *args: self.press())
+        elif where == "backward":
+            trainer.model.embed.register_full_backward_hook(lambda *args: self.press())
+        else:
+            trainer.optimizer.optimizers[0].register_step_post_hook(lambda *args: self.press())
 
-    def __call__(self, module, inputs, output):
+    def press(self) -> None:
         if not self.sent and self.trainer.step == self.at - 1:
             self.sent = True
             for _ in range(self.times):
                 os.kill(os.getpid(), signal.SIGINT)
 
 
-def interrupted_run(tmp_path, at: int, times: int, checkpoint_every: int = 0):
+def interrupted_run(tmp_path, at: int, times: int, checkpoint_every: int = 0, where: str = "forward"):
     trainer = Trainer(nestc.compile("cms", CMS_STEPS), config(20, checkpoint_every), tmp_path / "run")
+    assert len(trainer.optimizer.optimizers) > 1  # levels of their own periods: a step can be half-done
     heard = []
     trainer.progress = heard.append
-    trainer.model.embed.register_forward_hook(CtrlC(trainer, at, times))
+    CtrlC(trainer, at, times, where)
     return trainer, trainer.run(), heard
 
 
-def test_the_first_ctrl_c_stops_at_the_end_of_the_step_with_its_exact_state(tmp_path):
-    trainer, summary, heard = interrupted_run(tmp_path, at=6, times=1)
+@pytest.mark.parametrize("where", ["forward", "backward", "optimizer"])
+def test_the_first_ctrl_c_stops_at_the_end_of_the_step_with_its_exact_state(tmp_path, where):
+    trainer, summary, heard = interrupted_run(tmp_path, at=6, times=1, where=where)
     # the step it landed in ran to its end, and the run stopped there
     assert summary["stopped"] == "interrupted at step 6" and trainer.step == 6
     assert [r for r in heard if r.get("kind") == "stopping"] == [{"kind": "stopping", "step": 5, "why": "Ctrl-C"}]
