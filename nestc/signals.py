@@ -8,7 +8,8 @@ so the paths that handle Ctrl-C run: `nestc bench` stops its child process and r
 cache. A second SIGTERM is not caught (the default handler is back): whoever sends it wants the
 process gone now. A training run handles both signals itself while its loop runs
 (`runtime/interrupts.py`: the first stops it at the end of the step in progress, whose checkpoint
-it writes); around the loop (building the model, the final evaluation) this module's applies.
+it writes); around the loop (building the model, the final evaluation) this module's handler
+applies.
 """
 
 from __future__ import annotations
