@@ -330,20 +330,58 @@ class Trainer:
                             "config": asdict(self.cfg), "device": str(self.device), "data": self.data_info,
                             "params": sum(p.numel() for p in self.model.parameters())})
         wall0 = time.perf_counter()
+        stopped = last_eval = None
         # Ctrl-C or a kill stops the loop at a step boundary (runtime/interrupts.py). A second one
-        # stops it at once: if that cut a step short (`_in_step`), its state may be half-updated
+        # stops it at once: if that cut a step short (`in_step`), its state may be half-updated
         # and no checkpoint is written for it (the last periodic one stands).
-        stopped = cut = None
+        in_step = False
         try:
             with StopRequests(on_request=self._stop_requested) as stops:
-                self._loop(stops, wall0)
+                while self.step < self.cfg.steps:
+                    if stops.requested:
+                        stopped = f"interrupted at step {self.step}"
+                        break
+                    in_step = True
+                    try:
+                        record = self.train_step()
+                    except NonFinite as bad:
+                        in_step = False
+                        self.optimizer.zero_grad(set_to_none=True)
+                        action = self.cfg.on_nonfinite if bad.undoable else "stop"
+                        self.log.write({"step": bad.step, "kind": "nonfinite", "where": bad.where,
+                                        "action": action})
+                        if action == "skip":
+                            self.step += 1
+                            if self.progress:
+                                self.progress({"kind": "nonfinite", "where": bad.where, "step": self.step})
+                            continue
+                        if bad.undoable:
+                            stopped = f"non-finite value in {bad.where} at step {bad.step}; stopped " \
+                                      "(--on-nonfinite skip would skip such steps)"
+                        else:
+                            stopped = f"non-finite value in {bad.where} at step {bad.step}; stopped: " \
+                                      "the update was already applied, so the step cannot be skipped " \
+                                      "(lower the learning rate and resume from the last checkpoint)"
+                        break
+                    in_step = False
+                    if self.step % self.cfg.log_every == 0:
+                        self.log.write(record)
+                    if self.progress:
+                        self.progress(record)
+                    if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                        last_eval = self.evaluate()
+                        self.log.write(last_eval)
+                        if self.progress:
+                            self.progress(last_eval)
+                    if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                        self.save(self.run_dir / "last.safetensors")
+                    if self.cfg.max_minutes and (time.perf_counter() - wall0) / 60 >= self.cfg.max_minutes:
+                        stopped = f"stopped after {self.cfg.max_minutes:g} minutes (--max-minutes) at step {self.step}"
+                        break
         except KeyboardInterrupt:
-            cut = self._in_step
             stopped = (f"interrupted during step {self.step + 1}, which is not saved (its state may be "
-                       "half-updated)" if cut else f"interrupted at step {self.step}")
-        stopped = stopped or self._stopped
-        last_eval = self._last_eval
-        if not cut and (stopped is None or "minutes" in stopped or "interrupted" in stopped):
+                       "half-updated)" if in_step else f"interrupted at step {self.step}")
+        if not in_step and (stopped is None or "minutes" in stopped or "interrupted" in stopped):
             # the checkpoint before the evaluation: a final evaluation can take minutes (a compiled
             # run's first one compiles), and a second Ctrl-C during it must not cost the run its state
             self.save(self.run_dir / "last.safetensors")
@@ -371,58 +409,6 @@ class Trainer:
         """The first Ctrl-C or kill of a run (called from the signal handler): say so at once."""
         if self.progress:
             self.progress({"kind": "stopping", "step": self.step, "why": what})
-
-    def _loop(self, stops: StopRequests, wall0: float) -> None:
-        """The training loop, until the last step, a stop request (checked at every step
-        boundary), a non-finite value that stops it, or --max-minutes. Leaves why it stopped in
-        `_stopped` (None: it ran to the end) and the last evaluation in `_last_eval`."""
-        self._stopped = self._last_eval = None
-        self._in_step = False
-        stopped = last_eval = None
-        try:
-            while self.step < self.cfg.steps:
-                if stops.requested:
-                    stopped = f"interrupted at step {self.step}"
-                    break
-                self._in_step = True
-                try:
-                    record = self.train_step()
-                except NonFinite as bad:
-                    self._in_step = False
-                    self.optimizer.zero_grad(set_to_none=True)
-                    action = self.cfg.on_nonfinite if bad.undoable else "stop"
-                    self.log.write({"step": bad.step, "kind": "nonfinite", "where": bad.where,
-                                    "action": action})
-                    if action == "skip":
-                        self.step += 1
-                        if self.progress:
-                            self.progress({"kind": "nonfinite", "where": bad.where, "step": self.step})
-                        continue
-                    if bad.undoable:
-                        stopped = f"non-finite value in {bad.where} at step {bad.step}; stopped " \
-                                  "(--on-nonfinite skip would skip such steps)"
-                    else:
-                        stopped = f"non-finite value in {bad.where} at step {bad.step}; stopped: " \
-                                  "the update was already applied, so the step cannot be skipped " \
-                                  "(lower the learning rate and resume from the last checkpoint)"
-                    break
-                self._in_step = False
-                if self.step % self.cfg.log_every == 0:
-                    self.log.write(record)
-                if self.progress:
-                    self.progress(record)
-                if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
-                    last_eval = self.evaluate()
-                    self.log.write(last_eval)
-                    if self.progress:
-                        self.progress(last_eval)
-                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
-                    self.save(self.run_dir / "last.safetensors")
-                if self.cfg.max_minutes and (time.perf_counter() - wall0) / 60 >= self.cfg.max_minutes:
-                    stopped = f"stopped after {self.cfg.max_minutes:g} minutes (--max-minutes) at step {self.step}"
-                    break
-        finally:
-            self._stopped, self._last_eval = stopped, last_eval
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,16 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-from train_helpers import ROOT, TRANSFORMER, sets
+from train_helpers import ROOT, TRANSFORMER, cli_env, sets
 
 from nestc.runtime.checkpoint import load_checkpoint
 
 
-def _start(args: list, tmp_path, **env) -> subprocess.Popen:
+def _start(args: list, tmp_path) -> subprocess.Popen:
+    """`nestc ARGS...` started (as train_helpers.nestc_cli runs it), its temporary files in tmp_path."""
     return subprocess.Popen([sys.executable, "-m", "nestc.cli", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
-                                     TMPDIR=str(tmp_path), COLUMNS="200", **env))
+                            env=cli_env(TMPDIR=str(tmp_path)))
 
 
 def _wait_for(predicate, proc: subprocess.Popen, seconds: float = 240) -> None:

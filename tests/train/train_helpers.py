@@ -70,11 +70,17 @@ def nestc_cli(*args: str, timeout: float = 240, cwd: Path | None = None) -> subp
     """`nestc ARGS...` in a subprocess (one torch thread, on the CPU even where there is a GPU:
     `--device auto` would take it, and these tests compare runs bit for bit), output captured
     as text."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200",
-               CUDA_VISIBLE_DEVICES="")
-    env.pop("NESTC_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "nestc.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=cwd or ROOT)
+                          text=True, timeout=timeout, env=cli_env(), cwd=cwd or ROOT)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a `nestc` subprocess in these tests: one torch thread, no GPU, wide
+    output, no NESTC_DEBUG tracebacks; `extra` on top."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200",
+               CUDA_VISIBLE_DEVICES="", **extra)
+    env.pop("NESTC_DEBUG", None)
+    return env
 
 
 def assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> str:
