@@ -1,7 +1,7 @@
-"""The compile-time adjustments nestc makes to inductor before it calls torch.compile.
+"""The adjustments nestc makes to inductor before it calls torch.compile.
 
-Each one changes how long a compile takes, never the code it produces, and each lives in a
-module of its own with its own tests:
+Each of the first five changes how long a compile takes, never the code it produces; the last
+mends a torch bug that made wrong code. Each lives in a module of its own with its own tests:
 
 - `inductor_caches.widen`: memo caches for two index helpers large enough for a whole graph, and
   a shortcut for plain strided indexing;
@@ -11,7 +11,11 @@ module of its own with its own tests:
   side, instead of one after another inside the first compile;
 - `autograd_cache.allow_custom_functions`: AOTAutograd's cache keeps the graphs that hold
   `_StateTimes` (an `autograd.Function`), so a later process reuses their traced and partitioned
-  forward and backward instead of tracing them again (Hope's warm compile 86 → 28 s).
+  forward and backward instead of tracing them again (Hope's warm compile 86 → 28 s);
+- `subgraph_donation.keep_subgraph_inputs`: a compiled region's backward (loop modes "region"
+  and "scan") no longer overwrites gradient buffers its caller still reads (torch 2.13 gave
+  wrong gradients; fixed upstream in pytorch/pytorch#193960), and caches written without the
+  fix are not read.
 
 `prepare_inductor()` applies all of them; every nestc path that compiles (the training step,
 the optimizer steps, the benchmark rows, the test session) calls it, so they all compile the same way.
@@ -23,6 +27,7 @@ from .autograd_cache import allow_custom_functions
 from .inductor_caches import widen
 from .inductor_tails import skip_empty_tails
 from .kernel_batching import batch_kernel_builds
+from .subgraph_donation import keep_subgraph_inputs
 from .vec_isa_probes import probe_vec_isas_ahead
 
 
@@ -31,4 +36,5 @@ def prepare_inductor() -> dict[str, bool]:
     return {"wide_index_caches": widen(), "batched_kernel_builds": batch_kernel_builds(),
             "empty_tails_skipped": skip_empty_tails(),
             "vec_isa_probes_ahead": probe_vec_isas_ahead(),
-            "custom_functions_cached": allow_custom_functions()}
+            "custom_functions_cached": allow_custom_functions(),
+            "subgraph_inputs_kept": keep_subgraph_inputs()}

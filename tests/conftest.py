@@ -9,7 +9,8 @@ import pytest
 def pytest_configure(config):
     # The tests compile through the same inductor setup as nestc's own compile paths (wider index
     # caches, batched kernel builds, ISA probes ahead, AOTAutograd's cache taking custom autograd
-    # Functions; runtime/inductor_setup.py): compile time only, the generated code is the same.
+    # Functions; runtime/inductor_setup.py): compile time only, the generated code is the same,
+    # but for the fix that keeps a compiled region's backward from overwriting its inputs.
     # The tests of each adjustment turn it on and off themselves.
     from nestc.runtime.inductor_setup import prepare_inductor
 
