@@ -220,22 +220,108 @@ def _region_loop(body, state: dict, inputs: dict, period: int, carried: list[str
     (the code generator makes it one), so the region is keyed on (module, method name) and its
     inputs are tensors and constants only. Every call sees the state the loop began with, less
     the carried tensors (as in the scan: whole chunks from a boundary, so positions and offsets
-    are fixed up once at the end)."""
+    are fixed up once at the end).
+
+    Every chunk calls the same region, forward and backward, as long as no chunk differs in what
+    the region is specialised on: the first chunk gets its carried tensors as the later ones do
+    (`_as_carried_in_graph`), and the last chunk's carried outputs get a gradient as the others'
+    do (`_TiedToState`). Otherwise dynamo traces a region for the first chunk (and inlines it)
+    and AOTAutograd a second backward for the last one: a fifth of region mode's nodes in Hope."""
     t = next(iter(inputs.values())).shape[1]
     tree = _Carry(state, carried)
-    carry = {k: state[k] for k in carried}
-    pattern = _alias_pattern(tree.tensors())  # passed in: the region returns the distinct ones
+    owner = body.__self__
+    anchor = None
+    if torch.is_grad_enabled():
+        anchor = next((x for x in [*tree.tensors(), *inputs.values(), *owner.parameters()]
+                       if torch.is_tensor(x) and x.requires_grad), None)
+    start = tree.tensors()
+    pattern = _alias_pattern(start)  # passed in: the region returns the distinct ones
+    carry = tree.rebuild(_with_aliases([_as_carried_in_graph(x, anchor) for x in _distinct(start, pattern)],
+                                       pattern))
     n = sum(p == j for j, p in enumerate(pattern))
     parts: dict[str, list] = {k: [] for k in outputs}
-    for piece in _whole_chunks(inputs, period):
-        flat = _region_call(body.__self__, body.__name__, dict(state, **carry), piece, tuple(carried),
-                            outputs, pattern)
+    pieces = list(_whole_chunks(inputs, period))
+    for i, piece in enumerate(pieces):
+        flat = _region_call(owner, body.__name__, dict(state, **carry), piece, tuple(carried), outputs, pattern)
         carry = tree.rebuild(_with_aliases(flat[:n], pattern))
-        for k, v in zip(outputs, flat[n:]):
-            # times one: its gradient is a fresh tensor, where the concatenation's would be a view
-            # at an offset that differs per chunk, and each offset would cost a backward trace
-            parts[k].append(v * 1.0)
+        for j, (k, v) in enumerate(zip(outputs, flat[n:])):
+            if anchor is not None and i == len(pieces) - 1 and j == 0:
+                v = _TiedToState.apply(v, *flat[:n])
+            else:
+                # times one: its gradient is a fresh tensor, where the concatenation's would be a
+                # view at an offset that differs per chunk, and each offset would cost a backward trace
+                v = v * 1.0
+            parts[k].append(v)
     return _loop_result(state, carry, carried, t, parts)
+
+
+def _as_carried_in_graph(x: Tensor, anchor: Tensor | None) -> Tensor:
+    """A carried tensor as the region returns it (`_region_call`): contiguous, and requiring grad
+    when the chunks' outputs will (`anchor`, a tensor that does, is given then). The initial state
+    is often broadcast over the batch, and may not require grad (a conv's zero state; every state
+    in the frozen first pass) where the state after one chunk does. Inside a graph dynamo refuses
+    `requires_grad_()` on an intermediate, so the tensor requires grad through `_GradThrough`."""
+    if not x.is_floating_point():
+        return x
+    if anchor is not None and not x.requires_grad:
+        return _GradThrough.apply(x, anchor)
+    return x.contiguous()
+
+
+class _GradThrough(torch.autograd.Function):
+    """A contiguous copy of x that requires grad because `anchor` does; `anchor` gets no gradient
+    from it (a structural input only), x gets the copy's."""
+
+    @staticmethod
+    def forward(x: Tensor, anchor: Tensor) -> Tensor:
+        return x.clone(memory_format=torch.contiguous_format)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g, None
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """x itself (a view of it), whose gradient is made contiguous on its way back."""
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g.contiguous()
+
+
+class _TiedToState(torch.autograd.Function):
+    """The last chunk's first output (a copy), tied to the loop's final carried state: the state
+    tensors that require grad get a zero gradient from it (added to any real one). The last
+    chunk's region then gets dense gradients for its carried outputs, as every earlier chunk's
+    does from the chunk after it, and AOTAutograd traces one backward for all chunks instead of
+    a second one for the last (whose final state nothing may read)."""
+
+    @staticmethod
+    def forward(v: Tensor, *state: Tensor) -> Tensor:
+        return v.clone(memory_format=torch.contiguous_format)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.state_meta = [(x.shape, x.dtype, x.device) for x in inputs[1:]]
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        zeros = [torch.zeros(shape, dtype=dtype, device=device) if needs else None
+                 for (shape, dtype, device), needs in zip(ctx.state_meta, ctx.needs_input_grad[1:])]
+        # a fresh tensor, as `v * 1.0` gives the other chunks' outputs
+        return g.clone(memory_format=torch.contiguous_format), *zeros
 
 
 @torch.compiler.disable
@@ -330,11 +416,19 @@ def _region_call(owner, name: str, state: dict, piece: dict, carried: tuple, out
     position that holds the same tensor as position j), then the outputs, as one flat tuple of
     tensors (what a reusable region may return). A tensor that comes back unchanged is copied,
     since a region's output must not alias its input."""
-    st, out = getattr(owner, name)(state, piece, False)
+    tree = _Carry(state, carried)
+    # the gradients the region hands back for its carried inputs, contiguous: a chunk's carried
+    # outputs then get the same layout of gradient from the chunk after them as the last chunk's
+    # get from `_TiedToState`, and all chunks share one backward
+    state = dict(state, **tree.rebuild(_with_aliases([_ContiguousGrad.apply(x) if x.is_floating_point() else x
+                                                      for x in _distinct(tree.tensors(), same)], same)))
     before = _Carry(state, carried).tensors()
+    st, out = getattr(owner, name)(state, piece, False)
     new = _Carry(st, carried).tensors()
     if len(new) != len(same) or any(new[j] is not new[first] for j, first in enumerate(same)):
         raise RuntimeError(f"chunk loop {name}: its state changed structure in a chunk, so it "
                            "cannot run as a compiled region (use loop mode 'unroll')")
-    new = [x.clone() if any(x is y for y in before) else x for x in _distinct(new, same)]
+    # contiguous, as `_region_loop` hands the first chunk its carried tensors
+    new = [x.clone(memory_format=torch.contiguous_format) if any(x is y for y in before) else x.contiguous()
+           for x in _distinct(new, same)]
     return (*new, *(out[k] for k in outputs))

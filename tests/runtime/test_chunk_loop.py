@@ -178,10 +178,10 @@ def test_compiled_regions_or_calls_equal_the_plain_loop_forward_and_backward(mod
     assert state["other"] == {"pos": 7}
 
 
-def test_regions_trace_the_body_once_or_twice(region_mode):
-    """Eight chunks, and the body is traced at most twice: once for the first chunk (whose state is
-    the batch-shared initial one, with other strides) and once for the seven calls of the region
-    that serves the others."""
+def test_regions_trace_the_body_once(region_mode):
+    """Eight chunks, and the body is traced once: the first chunk, whose state is the batch-shared
+    initial one (other strides) and, here, not requiring grad, gets it as the later chunks get
+    theirs (contiguous), so it calls the same region as the seven others."""
     torch._dynamo.reset()
     d = 8
     x = torch.randn(2, 32, d)
@@ -194,17 +194,14 @@ def test_regions_trace_the_body_once_or_twice(region_mode):
 
     torch.compile(lambda a: _run_region(a, block, 4), backend=backend, fullgraph=True)(x)
     (gm,) = graphs
-    # torch inlines a region called once (the first chunk's) back into the graph
-    assert gm.code.count("invoke_subgraph(") >= 7
+    assert gm.code.count("invoke_subgraph(") == 8
     called = [m.code for name, m in gm.named_children() if f"self.{name}" in gm.code]
-    assert 1 <= sum(code.count("torch.tanh(") for code in [gm.code, *called]) <= 2
+    assert sum(code.count("torch.tanh(") for code in [gm.code, *called]) == 1
 
 
-def test_regions_trace_few_backwards(region_mode, monkeypatch):
-    """A region's backward is traced once per distinct layout of the gradients coming into it.
-    The pieces the loop concatenates must not reach it as views at a different offset for each
-    chunk (one backward trace per chunk): at most two, the last chunk's (no gradient flows back
-    from a later chunk into its state) and the others'."""
+def _backward_variants(monkeypatch):
+    """The backward variants AOTAutograd traces for each region (identifier, suffix), as a list
+    that fills while the test runs."""
     import importlib
 
     hop = importlib.import_module("torch._higher_order_ops.invoke_subgraph")
@@ -216,15 +213,42 @@ def test_regions_trace_few_backwards(region_mode, monkeypatch):
         return real(identifier, suffix, *args)
 
     monkeypatch.setattr(hop, "warn_and_trace_duplicate_backward", spy)
+    return variants
+
+
+@pytest.mark.parametrize("initial_grad", [False, True])
+def test_every_chunk_shares_one_region_forward_and_backward(region_mode, monkeypatch, initial_grad):
+    """A region's backward is traced once per distinct layout of the gradients coming into it, and
+    every chunk's must be the same: the pieces the loop concatenates must not reach it as views at
+    a different offset for each chunk, the last chunk's carried outputs (no later chunk reads
+    them, and here nothing else does) must get gradients as the others' do, and those must have
+    one layout (the conv state's gradient from the next chunk is a view of a longer one). The
+    first chunk's initial state requires grad or not (a meta-learned one, or the frozen pass's)."""
+    variants = _backward_variants(monkeypatch)
     torch._dynamo.reset()
     d = 8
     x = torch.randn(2, 32, d, requires_grad=True)
     block = _Block(torch.randn(d, 4, requires_grad=True), torch.tensor(0.9, requires_grad=True))
+    init = _initial(2, d)
+    if initial_grad:
+        init["mem"]["W"] = init["mem"]["M"] = init["mem"]["W"].detach().requires_grad_()
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.debugging.aot_eager(gm, inputs)
+
+    def run(a):
+        state, out = R.chunk_loop(block.chunk_loop, init, {"x": a}, period=4, anchor="mem",
+                                  carried=["mem", "conv"], scannable=True, outputs=("y", "x"))
+        return out["y"], out["x"]
+
     # aot_eager: AOTAutograd traces the backward every time (inductor's caches could skip it)
-    y, xo, state = torch.compile(lambda a: _run_region(a, block, 4), backend="aot_eager", fullgraph=True)(x)
+    y, xo = torch.compile(run, backend=backend, fullgraph=True)(x)
     (y.square().sum() + xo.sum()).backward()
-    assert variants, "no region backward was traced"
-    assert max(suffix for _, suffix in variants) <= 1, variants
+    (gm,) = graphs
+    assert gm.code.count("invoke_subgraph(") == 8
+    assert variants == [("subgraph_0", 0)], variants
 
 
 # -- loop mode "call": the loop between two graphs, each chunk a call of one compiled body --
