@@ -55,6 +55,7 @@ def test_a_region_called_for_every_chunk_gives_eager_gradients():
 
 @pytest.mark.slow
 def test_without_the_fix_the_later_chunks_gradients_are_wrong():
+    """torch 2.13's behaviour. A torch with the upstream fix fails this test: then the module can go."""
     eager = _gradients(lambda w, x: _loop(_chunk, w, x))
     subgraph_donation.restore()
     try:
