@@ -59,6 +59,46 @@ def test_hope_in_region_mode_traces_one_graph_of_region_calls(request):
     assert "invoke_subgraph" in ex.graphs[0].code
 
 
+def test_hope_in_region_mode_calls_one_region_for_every_chunk(request, monkeypatch):
+    """Every chunk of the small Hope's self-modifying loop (both layers: the model is one graph
+    here) calls the same region, and AOTAutograd traces one backward for it: the first chunk's
+    initial state (broadcast, meta-learned) and the last chunk's unread final state would each
+    cost a copy of the body otherwise (runtime/ops.py `_region_loop`)."""
+    import importlib
+    import re
+
+    from nestc.runtime.ops import set_loop_mode
+
+    hop = importlib.import_module("torch._higher_order_ops.invoke_subgraph")
+    variants = []
+    real = hop.warn_and_trace_duplicate_backward
+
+    def spy(identifier, suffix, *args):
+        variants.append((identifier, suffix))
+        return real(identifier, suffix, *args)
+
+    monkeypatch.setattr(hop, "warn_and_trace_duplicate_backward", spy)
+    set_loop_mode("region")
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
+    torch._dynamo.reset()
+    model = small("hope").model()
+    x = torch.randint(0, 256, (2, 16))
+    lss = {k: torch.zeros(2, 16, w) for k, w in model.lss_sites()}
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        # aot_eager: AOTAutograd traces the backward every time (inductor's caches could skip it)
+        return torch._dynamo.backends.debugging.aot_eager(gm, inputs)
+
+    loss = torch.compile(lambda a, b, s: forward_loss(model, a, b, s), backend=backend, fullgraph=True)(x, x, lss)
+    loss.backward()
+    (gm,) = graphs
+    called = re.findall(r"invoke_subgraph\(\w+, '(\w+)'", gm.code)
+    assert len(called) >= 4 and set(called) == {"subgraph_0"}, called
+    assert variants == [("subgraph_0", 0)], variants
+
+
 def test_hope_in_call_mode_breaks_the_graph_only_at_its_chunk_loops(request):
     """Loop mode "call": the step's only graph breaks are the chunk loops, run between the
     layer's graphs as calls of a body compiled by itself: the small Hope's block loop (its
