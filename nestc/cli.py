@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from .diagnostics import NestError, Pos, plural
-from .runtime.devices import DEVICE_HELP, PRECISION_HELP, check_precision, resolve_device
+from .runtime.devices import DEVICE_HELP, PRECISION_HELP, check_loops_precision, check_precision, resolve_device
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="nestc: write, see, compile, train and stream nested optimization "
@@ -318,6 +318,8 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
                                    "compiles its first pass, and this run is not compiled", hint="add --compile")
         resolve_device(device)  # a bad --device or --precision fails before anything is built
         check_precision(precision)
+        if loops is not None:
+            check_loops_precision(loops, precision)
         compiled = nestc.compile(spec, _overrides(set_))
         flags = dict(device=device, precision=precision, steps=steps, max_minutes=minutes, data=data,
                      tokenizer=tokenizer, batch=batch, seq_len=seq_len, lr=lr, optimizer=optimizer, eval_every=eval_every,
@@ -410,6 +412,8 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         t = seq_len or int(program.train.get("seq_len", 128))
         dev = str(resolve_device(device))
         check_precision(precision)
+        if not no_compile:
+            check_loops_precision(loops, precision)
         def warn_if_busy(share, when):
             warning = busy_warning(share, when)
             if warning:

@@ -74,6 +74,16 @@ def check_precision(name: str) -> str:
     return name
 
 
+def check_loops_precision(loops: str, precision: str) -> None:
+    """A compiled step's loop mode and precision that torch can compile together (ops.NO_AUTOCAST_LOOPS)."""
+    from .ops import NO_AUTOCAST_LOOPS
+
+    if precision == "bf16" and loops in NO_AUTOCAST_LOOPS:
+        raise NestError.at(Pos(file="--loops"), f"`--loops {loops}` does not compile under `--precision bf16`: "
+                           f"torch 2.13 cannot compile a {loops} loop's body under autocast",
+                           hint="with bf16 use --loops unroll (the default) or call; or run region/scan loops in fp32")
+
+
 def autocast(device: "torch.device", precision: str):
     """The context a forward pass runs in: nothing for fp32; for bf16, torch.autocast (matrix
     products in bfloat16; the delta rule keeps its state in float32, see runtime/kernels/delta)."""

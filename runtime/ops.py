@@ -80,6 +80,11 @@ def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int
 # `nestc bench SPEC --loops MODE` measures them; the README reports them for Hope. Set by
 # make_loss_fns.
 LOOP_MODES = ("unroll", "scan", "region", "call")
+# Loop modes that do not compile under autocast (`--precision bf16`) in torch 2.13: inductor finds
+# products of float32 and bfloat16 operands in a region's body, and dynamo finds a scan's carry
+# changing dtype. Unrolled loops and calls compile under it; nestc refuses these two up front
+# (runtime/devices.py `check_loops_precision`) rather than fail inside torch.compile.
+NO_AUTOCAST_LOOPS = ("region", "scan")
 _loop_mode = "unroll"
 # block class -> {loop method name: its compiled body}; weak, so that a generated class and its
 # compiled bodies go when the model does (tests and notebooks compile many specs in one process)

@@ -275,7 +275,7 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
 
         return LossFns(lambda x, y, lss: forward_loss(model, x, y, lss), eager_probe)
     from .inductor_setup import prepare_inductor
-    from .ops import set_loop_mode
+    from .ops import NO_AUTOCAST_LOOPS, set_loop_mode
 
     prepare_inductor()  # compile time only: the generated code is the same (runtime/inductor_setup.py)
     # static shapes: a new shape gets its own graph. Symbolic shapes over the unrolled chunk
@@ -288,13 +288,20 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     # a graph per pass (frozen or not)
     head = torch.compile(own_code(_head_loss), fullgraph=True, **compile_kw)
 
+    def refuse_autocast(x):  # what check_loops_precision says up front, for callers of this API
+        if loops in NO_AUTOCAST_LOOPS and torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"loop mode {loops!r} does not compile under autocast in torch 2.13 "
+                             "(runtime/ops.py NO_AUTOCAST_LOOPS): use 'unroll' or 'call'")
+
     def main(x, y, lss):
+        refuse_autocast(x)
         # shared: zero probes that require grad, so that this pass and the first pass it shares
         # its graphs with pass the same guards
         probes = {k: torch.zeros_like(v).requires_grad_() for k, v in lss.items()} if shared else None
         return head(model, _layers(model, run_main, model.embed(x), lss, probes), y, None) / x.shape[0]
 
     def probe(x, y, probes, mask=None):
+        refuse_autocast(x)
         if shared:  # the real pass's code; zero signals leave the lss boxes at their initial state
             zero_signals = {k: torch.zeros_like(v) for k, v in probes.items()}
             return head(model, _layers(model, run_main, model.embed(x), zero_signals, probes), y, mask)

@@ -23,7 +23,7 @@ from nestc.diagnostics import NestError, Pos
 from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .context import Ctx
 from .data import prepare_corpus
-from .devices import autocast, check_precision, resolve_device
+from .devices import autocast, check_loops_precision, check_precision, resolve_device
 from .interrupts import StopRequests
 from .metrics import MetricsLog, plot_metrics
 from .tokenizers import get_tokenizer, tokenizer_from_config
@@ -122,6 +122,8 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(cfg.device)
         check_precision(cfg.precision)
+        if cfg.compile:
+            check_loops_precision(cfg.loops, cfg.precision)
         torch.manual_seed(cfg.seed)
         self.tokenizer = get_tokenizer(cfg.tokenizer)
         self.data, self.data_info = prepare_corpus(cfg.data, self.tokenizer, holdout=cfg.holdout)

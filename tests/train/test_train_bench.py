@@ -67,6 +67,13 @@ def test_bench_rejects_an_unknown_loop_mode():
     assert_user_error(r, "--loops", "weave", "unroll", "scan", "region")
 
 
+def test_bench_refuses_scan_loops_in_bf16():
+    """torch 2.13 cannot compile a scan's or a region's body under autocast: a user error up front,
+    not an error from inside torch.compile after minutes (runtime/ops.py NO_AUTOCAST_LOOPS)."""
+    r = nestc_cli("bench", "hope", "--loops", "scan", "--precision", "bf16")
+    assert_user_error(r, "--loops scan", "--precision bf16", "unroll", "call")
+
+
 def test_bench_rejects_an_unknown_first_pass():
     r = nestc_cli("bench", "hope", "--first-pass", "thawed")
     assert_user_error(r, "--first-pass", "thawed", "frozen", "shared")

@@ -63,3 +63,28 @@ def test_loops_without_compile_is_a_user_error(tmp_path):
     r = nestc_cli("train", "hope", "--loops", "region", "--out", tmp_path / "run")
     assert_user_error(r, "--loops", "not compiled", "--compile")
     assert not (tmp_path / "run").exists()
+
+
+def test_region_loops_in_bf16_are_a_user_error(tmp_path):
+    """torch 2.13 cannot compile a region's body under autocast (inductor finds float32 and
+    bfloat16 operands of one product): refused before anything is built."""
+    r = nestc_cli("train", "hope", "--compile", "--loops", "region", "--precision", "bf16", "--out", tmp_path / "run")
+    assert_user_error(r, "--loops region", "--precision bf16", "unroll", "call")
+    assert not (tmp_path / "run").exists()
+
+
+def test_compiled_loss_functions_refuse_region_loops_under_autocast():
+    """The same refusal for callers of the API, at the first call under autocast (before dynamo
+    traces anything)."""
+    import torch
+
+    from nestc.runtime.train import make_loss_fns
+
+    model = nestc.compile("hope", HOPE).model()
+    try:
+        fns = make_loss_fns(model, compile=True, loops="region")
+    finally:
+        set_loop_mode("unroll")
+    x = torch.randint(0, 256, (1, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="'region' does not compile"):
+        fns.main(x, x, {})
