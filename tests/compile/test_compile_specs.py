@@ -12,6 +12,7 @@ import nestc
 from nestc.loader import builtin_names
 from nestc.runtime.train import forward_loss, frozen, make_loss_fns, probe_loss, signals
 
+from region_backwards import backward_variants
 from small_models import MODEL_SPECS, call_start, small
 
 
@@ -64,20 +65,11 @@ def test_hope_in_region_mode_calls_one_region_for_every_chunk(request, monkeypat
     here) calls the same region, and AOTAutograd traces one backward for it: the first chunk's
     initial state (broadcast, meta-learned) and the last chunk's unread final state would each
     cost a copy of the body otherwise (runtime/ops.py `_region_loop`)."""
-    import importlib
     import re
 
     from nestc.runtime.ops import set_loop_mode
 
-    hop = importlib.import_module("torch._higher_order_ops.invoke_subgraph")
-    variants = []
-    real = hop.warn_and_trace_duplicate_backward
-
-    def spy(identifier, suffix, *args):
-        variants.append((identifier, suffix))
-        return real(identifier, suffix, *args)
-
-    monkeypatch.setattr(hop, "warn_and_trace_duplicate_backward", spy)
+    variants = backward_variants(monkeypatch)
     set_loop_mode("region")
     request.addfinalizer(lambda: set_loop_mode("unroll"))
     torch._dynamo.reset()

@@ -8,6 +8,8 @@ import torch
 from nestc.runtime import ops as R
 from nestc.runtime.kernels.conv import short_conv
 
+from region_backwards import backward_variants
+
 
 def _body(weight, decay):
     """A toy loop body with the shape of a generated one: a conv stream and a matrix memory
@@ -199,23 +201,6 @@ def test_regions_trace_the_body_once(region_mode):
     assert sum(code.count("torch.tanh(") for code in [gm.code, *called]) == 1
 
 
-def _backward_variants(monkeypatch):
-    """The backward variants AOTAutograd traces for each region (identifier, suffix), as a list
-    that fills while the test runs."""
-    import importlib
-
-    hop = importlib.import_module("torch._higher_order_ops.invoke_subgraph")
-    variants = []
-    real = hop.warn_and_trace_duplicate_backward
-
-    def spy(identifier, suffix, *args):
-        variants.append((identifier, suffix))
-        return real(identifier, suffix, *args)
-
-    monkeypatch.setattr(hop, "warn_and_trace_duplicate_backward", spy)
-    return variants
-
-
 @pytest.mark.parametrize("initial_grad", [False, True])
 def test_every_chunk_shares_one_region_forward_and_backward(region_mode, monkeypatch, initial_grad):
     """A region's backward is traced once per distinct layout of the gradients coming into it, and
@@ -224,7 +209,7 @@ def test_every_chunk_shares_one_region_forward_and_backward(region_mode, monkeyp
     them, and here nothing else does) must get gradients as the others' do, and those must have
     one layout (the conv state's gradient from the next chunk is a view of a longer one). The
     first chunk's initial state requires grad or not (a meta-learned one, or the frozen pass's)."""
-    variants = _backward_variants(monkeypatch)
+    variants = backward_variants(monkeypatch)
     torch._dynamo.reset()
     d = 8
     x = torch.randn(2, 32, d, requires_grad=True)
