@@ -738,16 +738,16 @@ class DeepMemory(nn.Module):
         `_chunk_step` compiled by itself. The carried states go in as every chunk's outputs come
         out (contiguous, requiring grad when the outputs will), so no chunk compiles a variant of
         its own; the chunks see fixed positions, fixed up once at the end."""
-        from .ops import _as_carried, compiled_fn
+        from .ops import _as_carried, _grad_anchor, compiled_fn
 
         T, c = keys.shape[2], self.s.period
         self_values = isinstance(target, SelfValues)
         stream = target.inputs if self_values else target
         read_q = None if query is None or query is keys else query  # keys that are the queries: the prediction
         inputs = [*state["W"], *state.get("S", []), keys, stream, read_q, lr, gate, beta, *self.parameters()]
-        grads = torch.is_grad_enabled() and any(torch.is_tensor(x) and x.requires_grad for x in inputs)
-        W = [_as_carried(w, grads) for w in state["W"]]
-        S = [_as_carried(v, grads) for v in state["S"]] if "S" in state else None
+        anchor = _grad_anchor(inputs)
+        W = [_as_carried(w, anchor) for w in state["W"]]
+        S = [_as_carried(v, anchor) for v in state["S"]] if "S" in state else None
         step = compiled_fn(type(self), f"{self.s.name}_chunk", _chunk_step)
         outs = []
         for s in range(0, T, c):

@@ -229,20 +229,13 @@ def _region_loop(body, state: dict, inputs: dict, period: int, carried: list[str
 
     Every chunk calls the same region, forward and backward, as long as no chunk differs in what
     the region is specialised on: the first chunk gets its carried tensors as the later ones do
-    (`_as_carried_in_graph`), and the last chunk's carried outputs get a gradient as the others'
+    (`_first_carry`), and the last chunk's carried outputs get a gradient as the others'
     do (`_TiedToState`). Otherwise dynamo traces a region for the first chunk (and inlines it)
     and AOTAutograd a second backward for the last one: a fifth of region mode's nodes in Hope."""
     t = next(iter(inputs.values())).shape[1]
     tree = _Carry(state, carried)
     owner = body.__self__
-    anchor = None
-    if torch.is_grad_enabled():
-        anchor = next((x for x in [*tree.tensors(), *inputs.values(), *owner.parameters()]
-                       if torch.is_tensor(x) and x.requires_grad), None)
-    start = tree.tensors()
-    pattern = _alias_pattern(start)  # passed in: the region returns the distinct ones
-    carry = tree.rebuild(_with_aliases([_as_carried_in_graph(x, anchor) for x in _distinct(start, pattern)],
-                                       pattern))
+    anchor, carry, pattern = _first_carry(tree, inputs, owner)  # pattern: the region returns the distinct ones
     n = sum(p == j for j, p in enumerate(pattern))
     parts: dict[str, list] = {k: [] for k in outputs}
     pieces = list(_whole_chunks(inputs, period))
@@ -260,15 +253,34 @@ def _region_loop(body, state: dict, inputs: dict, period: int, carried: list[str
     return _loop_result(state, carry, carried, t, parts)
 
 
-def _as_carried_in_graph(x: Tensor, anchor: Tensor | None) -> Tensor:
-    """A carried tensor as the region returns it (`_region_call`): contiguous, and requiring grad
-    when the chunks' outputs will (`anchor`, a tensor that does, is given then). The initial state
-    is often broadcast over the batch, and may not require grad (a conv's zero state; every state
-    in the frozen first pass) where the state after one chunk does. Inside a graph dynamo refuses
-    `requires_grad_()` on an intermediate, so the tensor requires grad through `_GradThrough`."""
-    if not x.is_floating_point():
-        return x
-    if anchor is not None and not x.requires_grad:
+def _first_carry(tree: "_Carry", inputs: dict, owner) -> tuple:
+    """What the first chunk of a region or call loop gets: (the grad anchor, its carried state,
+    the alias pattern of the carried tensors). The first chunk gets its carried tensors as every
+    later chunk will (`_as_carried`), or it would compile a body of its own; tensors that are one
+    tensor stay one."""
+    anchor = _grad_anchor([*tree.tensors(), *inputs.values(), *owner.parameters()])
+    start = tree.tensors()
+    pattern = _alias_pattern(start)
+    carry = tree.rebuild(_with_aliases([_as_carried(x, anchor) for x in _distinct(start, pattern)], pattern))
+    return anchor, carry, pattern
+
+
+def _grad_anchor(tensors) -> Tensor | None:
+    """With grad enabled, the first of `tensors` that requires grad (a chunk's outputs will, then),
+    else None. Non-tensors (a constant learning rate, say) are skipped."""
+    if not torch.is_grad_enabled():
+        return None
+    return next((x for x in tensors if torch.is_tensor(x) and x.requires_grad), None)
+
+
+def _as_carried(x: Tensor, anchor: Tensor | None) -> Tensor:
+    """A carried tensor as a compiled body returns it: contiguous, and requiring grad when the
+    body's outputs will (`anchor`, a tensor that does, is given then). The initial state is often
+    broadcast over the batch, and may not require grad (a conv's zero state; every state in the
+    frozen first pass) where the state after one chunk does. Inside a graph dynamo refuses
+    `requires_grad_()` on an intermediate, so the tensor requires grad through `_GradThrough`,
+    in the graph (region loops) and out of it (call loops) alike."""
+    if anchor is not None and not x.requires_grad and x.is_floating_point():
         return _GradThrough.apply(x, anchor)
     return x.contiguous()
 
@@ -340,16 +352,8 @@ def _call_loop(body, state: dict, inputs: dict, period: int, carried: list[str],
     differs from another in anything the compiled body is specialised on."""
     t = next(iter(inputs.values())).shape[1]
     tree = _Carry(state, carried)
-    # The first chunk gets its carried tensors as every later chunk will: contiguous (what the
-    # compiled body returns; the initial state is often broadcast) and requiring grad when the
-    # chunk's outputs will (a conv's zero state does not, the state after one chunk does), or
-    # it would compile a body of its own. Tensors that are one tensor stay one.
     owner = body.__self__
-    grads = torch.is_grad_enabled() and any(
-        x.requires_grad for x in [*tree.tensors(), *inputs.values(), *owner.parameters()] if torch.is_tensor(x))
-    start = tree.tensors()
-    pattern = _alias_pattern(start)
-    carry = tree.rebuild(_with_aliases([_as_carried(x, grads) for x in _distinct(start, pattern)], pattern))
+    _, carry, _ = _first_carry(tree, inputs, owner)
     run = compiled_body(type(owner), body.__name__)
     parts: dict[str, list] = {k: [] for k in outputs}
     for piece in _whole_chunks(inputs, period):
@@ -358,15 +362,6 @@ def _call_loop(body, state: dict, inputs: dict, period: int, carried: list[str],
         for k in outputs:
             parts[k].append(out[k])
     return _loop_result(state, carry, carried, t, parts)
-
-
-def _as_carried(x: Tensor, grads: bool) -> Tensor:
-    """A carried tensor as a compiled body returns it: contiguous, and requiring grad (a leaf of
-    its own where nothing upstream needs one) when the body's outputs will."""
-    x = x.contiguous()
-    if grads and not x.requires_grad and x.is_floating_point():
-        x = x.detach().requires_grad_()  # a leaf of its own: nothing upstream to reach
-    return x
 
 
 def _call_body(owner, name: str, state: dict, piece: dict, carried: tuple):
@@ -425,9 +420,9 @@ def _region_call(owner, name: str, state: dict, piece: dict, carried: tuple, out
     # the gradients the region hands back for its carried inputs, contiguous: a chunk's carried
     # outputs then get the same layout of gradient from the chunk after them as the last chunk's
     # get from `_TiedToState`, and all chunks share one backward
-    state = dict(state, **tree.rebuild(_with_aliases([_ContiguousGrad.apply(x) if x.is_floating_point() else x
-                                                      for x in _distinct(tree.tensors(), same)], same)))
-    before = _Carry(state, carried).tensors()
+    before = _with_aliases([_ContiguousGrad.apply(x) if x.is_floating_point() else x
+                            for x in _distinct(tree.tensors(), same)], same)
+    state = dict(state, **tree.rebuild(before))
     st, out = getattr(owner, name)(state, piece, False)
     new = _Carry(st, carried).tensors()
     if len(new) != len(same) or any(new[j] is not new[first] for j, first in enumerate(same)):
