@@ -335,8 +335,10 @@ class Trainer:
         stopped = last_eval = None
         # Ctrl-C or a kill stops the loop at a step boundary (runtime/interrupts.py). A second one
         # stops it at once: if that cut a step short (`in_step`), its state may be half-updated
-        # and no checkpoint is written for it (the last periodic one stands).
+        # and no checkpoint is written for it (the last periodic one stands). A non-finite stop
+        # saves nothing either (`whole` False): the last periodic checkpoint is the one to resume.
         in_step = False
+        whole = True
         try:
             with StopRequests(on_request=self._stop_requested) as stops:
                 while self.step < self.cfg.steps:
@@ -357,6 +359,7 @@ class Trainer:
                             if self.progress:
                                 self.progress({"kind": "nonfinite", "where": bad.where, "step": self.step})
                             continue
+                        whole = False
                         if bad.undoable:
                             stopped = f"non-finite value in {bad.where} at step {bad.step}; stopped " \
                                       "(--on-nonfinite skip would skip such steps)"
@@ -383,7 +386,7 @@ class Trainer:
         except KeyboardInterrupt:
             stopped = (f"interrupted during step {self.step + 1}, which is not saved (its state may be "
                        "half-updated)" if in_step else f"interrupted at step {self.step}")
-        if not in_step and (stopped is None or "minutes" in stopped or "interrupted" in stopped):
+        if whole and not in_step:
             # the checkpoint before the evaluation: a final evaluation can take minutes (a compiled
             # run's first one compiles), and a second Ctrl-C during it must not cost the run its state
             self.save(self.run_dir / "last.safetensors")
