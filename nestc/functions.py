@@ -119,7 +119,8 @@ RETENTION_FORMS = {
     "decay": _f("decay", "a", "", "M <- (1 - a) * M (Titans' forgetting α_t); grad as for gate",
                 grad="previous"),
     "weight_decay": _f("weight_decay", "w", "", "M <- (1 - lr * w) * M (decoupled weight decay)"),
-    "proximal": _f("proximal", "w", "", "adds w/2 ||M - M_0||² to the objective (global retention)"),
+    "proximal": _f("proximal", "w", "", "adds w/2 ||M - M_0||² to the objective, M_0 the box's "
+                   "initial state (global retention; in-context memories)"),
 }
 
 OPTIMIZER_FORMS = {

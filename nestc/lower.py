@@ -41,8 +41,8 @@ class ObjectiveForm:
 
 @dataclass
 class RetentionForm:
-    kind: str  # none | gate | general
-    factor: ir.Expr | None = None  # M <- factor * M (per token)
+    kind: str  # none | gate | proximal | general
+    factor: ir.Expr | None = None  # gate: M <- factor * M (per token); proximal: the weight w
     grad_at: str = "previous"  # the step's gradient before the gate (Titans) or after (GDN)
 
 
@@ -183,7 +183,7 @@ def retention_form(box: BoxInfo) -> RetentionForm:
         return RetentionForm("gate", ir.BinOp(op="-", left=_num(1.0),
                                               right=ir.BinOp(op="*", left=lr, right=e.args[0])))
     if isinstance(e, ir.Call) and e.func == "proximal":
-        return RetentionForm("general")
+        return RetentionForm("proximal", e.args[0])
     c = linear_coefficient(e)
     if c is not None:
         return RetentionForm("gate", c)
@@ -234,6 +234,15 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
                          f"{optimizer_form(box).kind}` is for in-context memories",
                          hint="optimizer-level boxes use gd (with an objective) or an update rule")
             return None
+        ret = retention_form(box)
+        if ret.kind == "proximal" or ret.grad_at == "retained":
+            what = "proximal(...)" if ret.kind == "proximal" else "gate(..., grad=retained)"
+            errors.error(box.prop_pos.get("retention", box.pos),
+                         f"box `{box.name}`: `retention {what}` is implemented for in-context "
+                         "memories (every N tokens), not for a box that updates every N steps",
+                         hint="use `retention weight_decay(w)` (decoupled weight decay)"
+                         if ret.kind == "proximal" else "drop `grad=retained`")
+            return None
         return BoxPlan(box, "optimizer_foreach", "element-wise optimizer state -> foreach ops",
                        objective=objective_form(box), retention=retention_form(box),
                        optimizer=optimizer_form(box))
@@ -255,6 +264,19 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
         return None
     if box.update is None and obj.kind == "none":
         return None  # the resolver already reported it
+    if ret.kind == "general" and any(c.func == "M" for c in ir.calls_in(box.retention)):
+        errors.error(box.prop_pos.get("retention", box.pos),
+                     f"box `{box.name}`: a retention expression scales or transforms the state M; "
+                     "it cannot read the memory with M(...)",
+                     hint="write reads of the memory in the objective or an `update` rule")
+        return None
+    if box.update is not None and ret.kind == "proximal":
+        errors.error(box.prop_pos.get("retention", box.pos),
+                     f"box `{box.name}`: `retention proximal(...)` adds a term to the objective, but "
+                     "the box has an `update` rule instead of an objective",
+                     hint="write the pull towards the initial state into the update rule, or use "
+                          "`retention gate(...)` / an expression of M")
+        return None
     mom = opt.args.get("momentum") if opt.kind == "dgd" else None
     if mom is not None and not (isinstance(mom, ir.Num) and mom.value == 0):
         # digest §10.3: the paper never writes this term down, and no lowering implements one
@@ -263,12 +285,27 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
                      "carries a momentum term through delta gradient descent yet",
                      hint="use momentum=0 (the equations as printed), or `optimizer momentum(...)`")
         return None
+    if ret.grad_at == "retained" and (box.freq.period != 1 or opt.kind == "dgd" or box.update is not None):
+        errors.error(box.prop_pos.get("retention", box.pos),
+                     f"box `{box.name}`: `grad=retained` takes each token's gradient at the gated "
+                     "state, which is defined for a memory updated every token with gd, momentum or "
+                     "adam" + (f", not every {box.freq.period} tokens" if box.freq.period != 1 else
+                               ", not with dgd (which decays along the keys itself)"
+                               if opt.kind == "dgd" else ", not with an `update` rule"),
+                     hint="use `every 1 tokens`, or drop `grad=retained` (the gradient at the state "
+                          "before the gate, as Titans takes it)")
+        return None
     deep_ok = (box.update is None and obj.kind in ("l2", "dot", "lp", "huber", "expr")
                and ret.kind in ("none", "gate") and opt.kind in ("gd", "momentum", "dgd")
-               and (ret.grad_at == "previous" or (box.freq.period == 1 and opt.kind == "gd"))
                and box.freq.inner == 1 and st.form in ("matrix", "mlp"))
-    if deep_ok and st.form == "matrix" and box.freq.period == 1 and opt.kind == "gd" and \
-            obj.kind in ("l2", "dot") and not lss and box.grad_state == "chunk_start":
+    delta_ok = (deep_ok and st.form == "matrix" and box.freq.period == 1 and opt.kind == "gd"
+                and obj.kind in ("l2", "dot") and not lss and box.grad_state == "chunk_start")
+    # the chunked deep-memory rule takes every gradient at the (chunk-start) state before the
+    # gate; a gradient at the gated state (Gated DeltaNet) has rules only for the delta rule and
+    # linear attention, the general per-token rule otherwise
+    if ret.grad_at == "retained" and not delta_ok:
+        deep_ok = False
+    if delta_ok:
         if obj.kind == "l2":
             return BoxPlan(box, "delta_rule_chunked", "matrix memory + L2 objective + GD, every "
                            "token -> chunked (gated) delta rule in WY form",
@@ -326,6 +363,23 @@ def plan(program: Program, errors: Collector) -> dict[str, BoxPlan]:
     return plans
 
 
+REFERENCE_RULES = ("delta_rule_chunked", "linear_attn_chunked", "deep_memory_chunked")
+
+
+def reference_plan(p: BoxPlan) -> BoxPlan:
+    """The plan of the general per-token rule (GeneralMemory: one token at a time, inner
+    gradients by torch.func) for a box a chunked fast rule would run: the slow, obviously-correct
+    reference those rules are tested against. Boxes the general rule cannot run (local surprise
+    signals, self-generated values, gradients at the call's start) keep their plan."""
+    box = p.box
+    self_values = box.values is not None and _mentions_state(box.values)
+    if p.rule not in REFERENCE_RULES or p.lss or self_values or box.grad_state != "chunk_start":
+        return p
+    return BoxPlan(box, "memory_general", f"reference for {p.rule}: per-token recurrence with "
+                   "torch.func gradients", objective=p.objective, retention=p.retention,
+                   optimizer=p.optimizer, lss=p.lss)
+
+
 def describe(p: BoxPlan) -> str:
     parts = [p.rule]
     if p.objective is not None and p.objective.kind not in ("none",):
@@ -336,5 +390,5 @@ def describe(p: BoxPlan) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["plan", "BoxPlan", "objective_form", "retention_form", "optimizer_form",
+__all__ = ["plan", "reference_plan", "BoxPlan", "objective_form", "retention_form", "optimizer_form",
            "linear_coefficient", "describe"]

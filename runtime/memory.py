@@ -431,6 +431,7 @@ class MemorySettings:
     grad: str = "through"  # through | stop (stop-gradient writes)
     form: str = "auto"  # auto | state | dual: how plain GD keeps its chunk-start weights (DeepMemory._dual)
     grad_state: str = "chunk_start"  # chunk_start | call_start: the state inner gradients are taken at
+    grad_at: str = "previous"  # previous | retained: before the retention gate or after (GeneralMemory)
     name: str = "memory"
     extra: dict = field(default_factory=dict)
 
@@ -996,6 +997,16 @@ class DeltaMemory(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def _root(x: Tensor) -> Tensor:
+    """sqrt(x) with gradient 0 where x is 0, where torch's is inf. Adam's second moment is
+    exactly 0 wherever every gradient so far was (a ReLU memory's dead units, a layer behind a
+    zero-initialised one), and the outer backward through sqrt would give inf * 0 = NaN there
+    (d sqrt(x)/dx = inf times dx/dg = 2 (1 - b2) g = 0). The product itself stays bounded as g
+    goes to 0 (its limit is sqrt(1 - b2) sign(g)), and 0 is its value at sign(0) = 0."""
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
 class GeneralMemory(DeepMemory):
     """Per-token recurrence inside each chunk, gradients by torch.func (rule memory_general).
 
@@ -1021,14 +1032,17 @@ class GeneralMemory(DeepMemory):
 
     def forward(self, state: dict, *, length: int, loss=None, lr=1.0, gate=None, beta=None,
                 retain=None, update=None, query: Tensor | None = None, flush: bool = False,
-                layer_inputs: Callable | None = None):
+                layer_inputs: Callable | None = None, proximal=None):
+        """`proximal`: the weight w of `retention proximal(w)`, a constant or [B, H, T]: each
+        token's objective gains w/2 |W - W_0|², W_0 the box's initial state (its `init`)."""
         outs = []
         for s, e, completes in segments(length, self.s.period, state["offset"]):
             W = state["W"]
             if query is not None and self.s.read == "before":
                 outs.append(self.apply(W, query[:, :, s:e]))
             for t in range(s, e):
-                state = self._token(state, W, t, loss, lr, gate, beta, retain, update, layer_inputs)
+                state = self._token(state, W, t, loss, lr, gate, beta, retain, update, layer_inputs,
+                                    proximal)
                 if query is not None and self.s.read == "after":
                     outs.append(self.apply(state["M"], query[:, :, t:t + 1]))
             state = _after_segment(state, e - s, self.s.period, completes, flush and e == length,
@@ -1042,24 +1056,40 @@ class GeneralMemory(DeepMemory):
             return x[:, :, t][..., None, None]
         return x
 
-    def _token(self, state, W, t, loss, lr, gate, beta, retain, update, layer_inputs) -> dict:
+    def _kept(self, M: list[Tensor], t: int, retain, gate) -> list[Tensor]:
+        """What the retention keeps of the state before this token's step."""
+        if retain is not None:
+            return retain(M, t)
+        if gate is not None:
+            return [self._at(gate, t) * m for m in M]
+        return M
+
+    def _token(self, state, W, t, loss, lr, gate, beta, retain, update, layer_inputs,
+               proximal=None) -> dict:
         M = state["M"]
         if update is not None:
-            # a user-written rule: its increment at the committed state (NL Eq. 71)
+            # a user-written rule: its increment at the committed state (NL Eq. 71), added to
+            # what the retention keeps (as an optimizer box applies a rule to its kept state)
             new = update(W, t)
-            M = [m + (n - w) for m, n, w in zip(M, new, W)]
+            M = [m + (n - w) for m, n, w in zip(self._kept(M, t, retain, gate), new, W)]
             return dict(state, M=M)
+        if self.s.grad_at == "retained":  # at the gated state (every token, so W is M_{t-1})
+            W = self._kept(list(W), t, retain, gate)
+        # a state shared by the batch (the initial one, expanded) is copied out first: reading it
+        # takes one product with its first item (_times), so a gradient with respect to the
+        # expanded tensor would land on batch item 0, summed over the batch
+        W = [w.contiguous() if w.stride(0) == 0 else w for w in W]
         grads = list(torch.func.grad(lambda ws: loss(ws, t, t + 1))(list(W)))
+        if proximal is not None:  # d/dW of w/2 |W - W_0|², at the state the gradients are taken at
+            w = self._at(proximal, t)
+            grads = [g + w * (wt - w0) for g, wt, w0 in zip(grads, W, self._inits())]
         if self.s.grad == "stop":
             grads = [g.detach() for g in grads]
         eta = self._at(lr, t)
         opt = self.s.optimizer
         if opt == "dgd":
             return self._dgd_token(state, W, t, grads, eta, gate, beta, retain, layer_inputs)
-        if retain is not None:
-            M = retain(M, t)
-        elif gate is not None:
-            M = [self._at(gate, t) * m for m in M]
+        M = self._kept(M, t, retain, gate)
         if opt == "momentum":
             S = [self._at(beta, t) * sv - eta * g for sv, g in zip(state["S"], grads)]
             return dict(state, M=[m + sv for m, sv in zip(M, S)], S=S)
@@ -1068,7 +1098,7 @@ class GeneralMemory(DeepMemory):
             n = state["steps"] + 1
             m1 = [b1 * a + (1 - b1) * g for a, g in zip(state["m1"], grads)]
             m2 = [b2 * a + (1 - b2) * g * g for a, g in zip(state["m2"], grads)]
-            M = [m - eta * (a / (1 - b1 ** n)) / (torch.sqrt(c / (1 - b2 ** n)) + eps)
+            M = [m - eta * (a / (1 - b1 ** n)) / (_root(c / (1 - b2 ** n)) + eps)
                  for m, a, c in zip(M, m1, m2)]
             return dict(state, M=M, m1=m1, m2=m2, steps=n)
         return dict(state, M=[m - eta * g for m, g in zip(M, grads)])

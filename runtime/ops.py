@@ -25,6 +25,14 @@ def heads(x, n: int):
     return split_heads(x, n)
 
 
+def tokens(x, n: int, start, end):
+    """Tokens start..end-1 of a block stream seen per head, [B, H, end - start, W/H] (as `heads`);
+    a constant (an `lr 0.1`, say) is the same for every token and passes through."""
+    if not torch.is_tensor(x):
+        return x
+    return heads(x, n)[:, :, start:end]
+
+
 def per_head(x, n: int):
     """A per-token scalar stream (width 1 or one per head) as [B, H, T]; constants pass through."""
     if not torch.is_tensor(x):

@@ -325,6 +325,8 @@ class BlockGen:
                 gen[name] = out[f"ctx_{name}"]
         if plan.retention is not None and plan.retention.kind == "gate":
             out["gate"] = stream("gate", plan.retention.factor)
+        if plan.retention is not None and plan.retention.kind == "proximal":
+            out["proximal"] = stream("proximal", plan.retention.factor)
         if plan.optimizer is not None and plan.optimizer.kind == "momentum":
             beta = plan.optimizer.args.get("beta")
             if beta is not None:
@@ -398,8 +400,10 @@ class BlockGen:
         return out
 
     def _target_stream(self, ref: BoxRef) -> str:
+        """The stream a box regresses onto: its objective's target, or the values `v` for an
+        objective written as an expression of M(k) (whose plan has no target of its own)."""
         b, plan = ref.info, ref.plan
-        t = plan.objective.target
+        t = plan.objective.target if plan.objective.target is not None else ir.Name(id="v")
         if isinstance(t, ir.Name) and t.id == "v":
             return f"R.heads({ref.gen['v']}, {b.heads})"
         em = self.emitter(ref.gen, f"{b.name}_target", False)
@@ -445,7 +449,7 @@ class BlockGen:
         obj = plan.objective
         fn = f"{b.name}_grad"
         src = one_line(expr_str(b.objective)) if b.objective is not None else ""
-        hnames = {n: f"R.heads({v}, {b.heads})[:, :, s:e]" for n, v in ref.gen.items()}
+        hnames = {n: f"R.tokens({v}, {b.heads}, s, e)" for n, v in ref.gen.items()}
         sc = obj.scale
         if obj.kind == "l2":
             body = f"{2.0 * sc!r} * (p - t)"
@@ -472,7 +476,7 @@ class BlockGen:
         b, plan = ref.info, ref.plan
         h = b.heads
         gen = ref.gen
-        hnames = {n: f"R.heads({v}, {h})[:, :, s:e]" for n, v in gen.items()}
+        hnames = {n: f"R.tokens({v}, {h}, s, e)" for n, v in gen.items()}
         if b.values is not None and _mentions_m(b.values):
             raise NestError.at(b.pos, f"box `{b.name}`: self-generated values with this objective, "
                                "retention or optimizer are not supported yet",
@@ -491,14 +495,15 @@ class BlockGen:
             loss = "None"
         upd = "None"
         if b.update is not None:
-            tn = {n: f"R.heads({v}, {h})[:, :, t:t + 1]" for n, v in gen.items()}
+            tn = {n: f"R.tokens({v}, {h}, t, t + 1)" for n, v in gen.items()}
             em = ExprEmitter(self.p, self.sites, self.inits, dict(tn, M="W[0]"), "heads", where=f"{b.name}_update")
+            em.call_hook = lambda c: (f"self.{ref.attr}.apply(W, {em.emit(c.args[0])})" if c.func == "M" else None)
             self.line(f"def {b.name}_update(W, t):  # {one_line(expr_str(b.update))}")
             self.line(f"    return [{em.emit(b.update)}]")
             upd = f"{b.name}_update"
         retain = "None"
         if plan.retention is not None and plan.retention.kind == "general":
-            tn = {n: f"R.heads({v}, {h})[:, :, t:t + 1]" for n, v in gen.items()}
+            tn = {n: f"R.tokens({v}, {h}, t, t + 1)" for n, v in gen.items()}
             em = ExprEmitter(self.p, self.sites, self.inits, dict(tn, M="m"), "heads", where=f"{b.name}_retain")
             self.line(f"def {b.name}_retain(Ms, t):  # {one_line(expr_str(b.retention))}")
             self.line(f"    return [{em.emit(b.retention)} for m in Ms]")
@@ -511,9 +516,10 @@ class BlockGen:
                       f"{kv}[:, :, t:t + 1], torch.zeros_like)[1]]")
             inputs = f"{b.name}_inputs"
         length = f"R.heads({g['k']}, {h}).shape[2]" if "k" in g else "x.shape[1]"
+        prox = f", proximal=R.per_head({g['proximal']}, {h})" if "proximal" in g else ""
         self.line(f"{out}, state[{ref.state_key!r}] = self.{ref.attr}(state[{ref.state_key!r}], "
                   f"length={length}, loss={loss}, lr={lr}, gate={gate}, beta={beta}, retain={retain}, "
-                  f"update={upd}, query={q}, flush={flush}, layer_inputs={inputs})")
+                  f"update={upd}, query={q}, flush={flush}, layer_inputs={inputs}{prox})")
 
     # -- statements --
     def statement(self, st: Statement, names: dict[str, str], in_loop: bool) -> None:

@@ -65,6 +65,8 @@ def settings_ctor(b: BoxInfo, plan: BoxPlan) -> str:
         parts.append(f"grad={b.grad!r}")
     if b.grad_state != "chunk_start":
         parts.append(f"grad_state={b.grad_state!r}")
+    if plan.retention is not None and plan.retention.grad_at != "previous":
+        parts.append(f"grad_at={plan.retention.grad_at!r}")
     if opt == "dgd" and _kw_literal(args.get("momentum"), 0) not in (0, 0.0):
         parts.append("extra={'dgd_momentum': True}")
     return "mem.MemorySettings(" + ", ".join(parts) + ")"

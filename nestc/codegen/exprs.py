@@ -190,7 +190,10 @@ class ExprEmitter:
         if f == "huber":
             return f"R.huber({a[0]} - {a[1]}, {a[2]}).sum(-1, keepdim=True)"
         if f == "outer":
-            return f"torch.einsum('...i,...j->...ij', {a[0]}, {a[1]})"
+            # per-head streams here are [B, H, N, d] (N = 1 in a per-token rule): the outer
+            # product of each token's vectors, summed over the tokens, is a state-shaped
+            # [B, H, d_a, d_b] (an einsum over '...i,...j' would keep the token axis)
+            return f"torch.einsum('...ni,...nj->...ij', {a[0]}, {a[1]})"
         raise RuntimeError(f"`{f}` has no lowering inside a box ({self.where})")
 
 

@@ -1,0 +1,302 @@
+"""Every chunked lowering rule against the general per-token rule, box option by box option.
+
+The general rule (rule memory_general, `runtime/memory.py` GeneralMemory) runs a memory one token
+at a time and takes its inner gradients with torch.func from the spec's objective as written: the
+slow, obviously-correct form. `nestc.compile(..., options={"rules": "reference"})` lowers every box
+a chunked rule would run (the delta rule, linear attention, the chunk-parallel deep memory) to it
+instead. Each case below is one combination of state, objective, retention, optimizer, update
+frequency and read; the whole model's loss and every parameter's gradient must agree in float64.
+
+The second half checks the general rule's own features, which no chunked rule has, against
+specs with the same meaning that lower to chunked rules (proximal retention, expression
+objectives, update rules with retention) or against torch.optim (Adam on the inner objective).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nestc
+from nestc.diagnostics import NestError
+from nestc.runtime import memory as mem
+from small_models import loss_and_grads
+
+GATE = "sigmoid(linear(in, heads) + 1.0)"
+DECAY = "sigmoid(linear(in, heads) - 2.0)"
+BETA = "sigmoid(linear(in, heads))"
+
+
+def box_spec(*, state="matrix(d_head, d_head)", objective="l2(M(k), v)", retention=None,
+             optimizer=None, every=1, read=None, init="zeros()", lr="0.5 * sigmoid(linear(in, heads))",
+             update=None, extra=()) -> str:
+    """A one-box model: the box between an embedding and the output, a residual around it."""
+    lines = ["heads heads", f"state {state}", f"init {init}",
+             "keys l2norm(linear(in, d_model), groups=heads)", "values linear(in, d_model)",
+             f"every {every} tokens"]
+    lines.append(f"lr {lr}")
+    lines.append(f"objective {objective}" if update is None else f"update {update}")
+    lines += [f"retention {retention}"] * (retention is not None)
+    lines += [f"optimizer {optimizer}"] * (optimizer is not None)
+    lines += [read] * (read is not None)
+    lines += list(extra)
+    body = "\n".join(f"        {line}" for line in lines)
+    return f"""spec one_box "one memory box"
+param d_model = 16
+param heads   = 2
+param d_head  = d_model / heads
+block layer {{
+    box mem : memory {{
+{body}
+    }}
+    x = x + linear(mem(rmsnorm(x)), d_model)
+}}
+model {{
+    dim d_model
+    repeat 1 {{ layer }}
+}}
+"""
+
+
+def compiled(text: str, **options):
+    return nestc.compile("one_box.nest", text=text, options=options)
+
+
+def rules(c) -> dict[str, str]:
+    """Box -> lowering rule, as the generated module's docstring lists them."""
+    doc = c.module.__doc__.split("Lowering:")[1]
+    return dict(line.strip().split(": ", 1) for line in doc.strip().splitlines())
+
+
+def same_model_pair(a, b, vocab=40):
+    """Models of two compilations with the same parameters and buffers (a fixed random initial
+    state, say), copied by name, in float64."""
+    torch.manual_seed(0)
+    ma = a.model(vocab).double()
+    mb = b.model(vocab).double()
+    names = [name for name, _ in ma.named_parameters()]
+    assert names == [name for name, _ in mb.named_parameters()]
+    sa, sb = ma.state_dict(), mb.state_dict()
+    # the delta rule's module calls a matrix memory's initial state `init_state`, the deep and
+    # general memories' `init_w0`: the one buffer each has that the other has not
+    only_a, only_b = sorted(sa.keys() - sb.keys()), sorted(sb.keys() - sa.keys())
+    assert len(only_a) == len(only_b) <= 1
+    sb.update({k: sa[ka] for k, ka in zip(only_b, only_a)}, **{k: sa[k] for k in sa.keys() & sb.keys()})
+    mb.load_state_dict(sb)
+    return ma, mb, names
+
+
+def assert_same_training_signal(ma, mb, names, t=10, rtol=1e-9):
+    torch.manual_seed(1)
+    x, y = torch.randint(0, 40, (2, t)), torch.randint(0, 40, (2, t))
+    la, ga = loss_and_grads(ma, x, y)
+    lb, gb = loss_and_grads(mb, x, y)
+    assert torch.isfinite(la)
+    assert abs(la.item() - lb.item()) <= rtol * abs(la.item())
+    for name, u, w in zip(names, ga, gb):
+        if u is None or w is None:  # unused by one of them: then the other's is zero
+            assert all(g is None or g.abs().max() == 0 for g in (u, w)), name
+            continue
+        assert torch.isfinite(u).all(), name
+        scale = u.abs().max().item() or 1.0
+        assert (u - w).abs().max().item() <= rtol * scale, name
+
+
+# (case id, box options, the chunked rule it lowers to)
+CASES = [
+    ("delta", {}, "delta_rule_chunked"),
+    ("delta-gate", {"retention": f"gate({GATE})"}, "delta_rule_chunked"),
+    ("delta-gate-retained", {"retention": f"gate({GATE}, grad=retained)"}, "delta_rule_chunked"),
+    ("delta-weight-decay-read-before", {"retention": "weight_decay(0.3)", "read": "read before"},
+     "delta_rule_chunked"),
+    ("linear-attention-decay", {"objective": "-dot(M(k), v)", "retention": f"decay({DECAY})"},
+     "linear_attn_chunked"),
+    ("linear-attention-retained", {"objective": "-dot(M(k), v)",
+                                   "retention": f"gate({GATE}, grad=retained)"}, "linear_attn_chunked"),
+    ("matrix-momentum", {"optimizer": f"momentum({BETA})"}, "deep_memory_chunked"),
+    ("matrix-chunk-4", {"every": 4, "retention": f"decay({DECAY})"}, "deep_memory_chunked"),
+    ("matrix-lp3-read-after", {"objective": "lp(M(k), v, 3)", "read": "read after"},
+     "deep_memory_chunked"),
+    ("titans", {"state": "mlp(d_head, depth=2, expansion=2)", "init": "meta", "every": 4,
+                "retention": f"decay({DECAY})", "optimizer": f"momentum({BETA})"}, "deep_memory_chunked"),
+    ("mlp-huber", {"state": "mlp(d_head, depth=2, expansion=2, act=silu)", "init": "meta",
+                   "objective": "huber(M(k), v, 0.3)", "every": 3}, "deep_memory_chunked"),
+    ("mlp-relu-lp3-momentum-token", {"state": "mlp(d_head, depth=2, expansion=2, act=relu, residual=false)",
+                                     "init": "random(std=0.3)", "objective": "lp(M(k), v, 3)",
+                                     "optimizer": "momentum(0.8)", "read": "read after"},
+     "deep_memory_chunked"),
+    ("mlp-dot", {"state": "mlp(d_head, depth=2, expansion=1, act=tanh)", "init": "meta",
+                 "objective": "-dot(M(k), v)", "every": 2, "lr": "0.1"}, "deep_memory_chunked"),
+    ("mlp-expression-objective", {"state": "mlp(d_head, depth=2, expansion=2)", "init": "meta",
+                                  "objective": "sum(abs(M(k) - v) ** 3) + 0.1 * sum(M(k) * v)",
+                                  "every": 4, "retention": f"gate({GATE})"}, "deep_memory_chunked"),
+    ("mlp-dgd", {"state": "mlp(d_head, depth=2, expansion=2)", "init": "meta", "every": 4,
+                 "optimizer": "dgd()", "retention": f"gate({GATE})"}, "deep_memory_chunked"),
+    ("matrix-dgd-paper-first", {"optimizer": "dgd(step=paper, decay_keys=first)", "every": 2},
+     "deep_memory_chunked"),
+    ("mlp-stop-grad-writes", {"state": "mlp(d_head, depth=2, expansion=2)", "init": "meta",
+                              "every": 4, "extra": ("grad stop",)}, "deep_memory_chunked"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_chunked_rule_equals_the_per_token_reference(case):
+    _, options, rule = case
+    text = box_spec(**options)
+    fast, ref = compiled(text), compiled(text, rules="reference")
+    assert rules(fast)["layer.mem"] == rule
+    assert rules(ref)["layer.mem"] == "memory_general"
+    ma, mb, names = same_model_pair(fast, ref)
+    assert_same_training_signal(ma, mb, names, t=10)  # 10 tokens: a partial last chunk too
+
+
+def test_a_retained_gradient_on_a_deep_memory_is_not_lowered_to_a_rule_that_ignores_it():
+    """The chunk-parallel rule takes every gradient before the gate; with grad=retained an MLP
+    memory goes to the per-token rule, which takes it at the gated state (it differs)."""
+    opts = {"state": "mlp(d_head, depth=2, expansion=2)", "init": "meta"}
+    retained = compiled(box_spec(retention=f"gate({GATE}, grad=retained)", **opts))
+    previous = compiled(box_spec(retention=f"gate({GATE})", **opts))
+    assert rules(retained)["layer.mem"] == "memory_general"
+    assert rules(previous)["layer.mem"] == "deep_memory_chunked"
+    ma, mb, _ = same_model_pair(retained, previous)
+    x = torch.randint(0, 40, (2, 10))
+    assert (ma(x)[0] - mb(x)[0]).abs().max().item() > 1e-6
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"retention": f"gate({GATE}, grad=retained)", "every": 4}, "not every 4 tokens"),
+    ({"retention": f"gate({GATE}, grad=retained)", "optimizer": "dgd()"}, "not with dgd"),
+    ({"retention": f"gate({GATE}, grad=retained)", "update": "M + 0.1 * outer(v, k)"},
+     "not with an `update` rule"),
+    ({"retention": "proximal(0.1)", "update": "M + 0.1 * outer(v, k)"}, "instead of an objective"),
+    ({"retention": "M - 0.1 * outer(M(k), k)"}, "cannot read the memory with M(...)"),
+])
+def test_combinations_without_a_lowering_are_errors_at_compile_time(options, message):
+    with pytest.raises(NestError) as err:
+        compiled(box_spec(**options))
+    text = str(err.value)
+    assert "box `mem`" in text and message in text and "one_box.nest:" in text
+
+
+# -- the general rule's own features ------------------------------------------------------------
+
+
+def test_proximal_retention_to_a_zero_initial_state_is_weight_decay():
+    """proximal(w) adds w/2 |M - M_0|² to the objective: with M_0 = 0 a GD step is
+    (1 - lr w) M - lr grad, which is what weight_decay(w) keeps (the delta rule, chunked)."""
+    prox = compiled(box_spec(retention="proximal(0.3)"))
+    decay = compiled(box_spec(retention="weight_decay(0.3)"))
+    assert rules(prox)["layer.mem"] == "memory_general"
+    assert rules(decay)["layer.mem"] == "delta_rule_chunked"
+    ma, mb, names = same_model_pair(prox, decay)
+    assert_same_training_signal(ma, mb, names)
+
+
+def test_proximal_retention_pulls_towards_the_initial_state():
+    """A matrix memory with an L2 objective, proximal(w) and a meta-learned M_0, run by the
+    generated box against the rule written out here, token by token."""
+    c = compiled(box_spec(retention="proximal(0.4)", init="meta", read="read after", lr="0.5"))
+    box = c.model(40).double().layers[0].box_mem
+    b, h, t, d = 2, 2, 6, 8
+    torch.manual_seed(2)
+    k = torch.nn.functional.normalize(torch.randn(b, h, t, d, dtype=torch.float64), dim=-1)
+    v, q = torch.randn(b, h, t, d, dtype=torch.float64), torch.randn(b, h, t, d, dtype=torch.float64)
+
+    def loss(W, s, e):
+        return ((torch.einsum("bhoi,bhti->bhto", W[0], k[:, :, s:e]) - v[:, :, s:e]) ** 2).sum()
+
+    out, _ = box(box.initial_state(b), length=t, loss=loss, lr=0.5, query=q, proximal=0.4)
+    M0 = box._inits()[0].detach()
+    M = M0.expand(b, h, d, d)
+    expected = []
+    for i in range(t):
+        err = torch.einsum("bhoi,bhi->bho", M, k[:, :, i]) - v[:, :, i]
+        grad = 2 * err[..., :, None] * k[:, :, i, None, :] + 0.4 * (M - M0)
+        M = M - 0.5 * grad
+        expected.append(torch.einsum("bhoi,bhi->bho", M, q[:, :, i]))
+    assert (out - torch.stack(expected, 2)).abs().max().item() < 1e-12
+
+
+def test_an_objective_written_out_equals_the_built_in_one():
+    """sum((M(k) - v) ** 2) as an expression (torch.func on it, chunk-parallel) against l2(M(k), v)
+    (the chunked delta rule)."""
+    written = compiled(box_spec(objective="sum((M(k) - v) ** 2)"))
+    built_in = compiled(box_spec(objective="l2(M(k), v)"))
+    assert rules(written)["layer.mem"] == "deep_memory_chunked"
+    assert rules(built_in)["layer.mem"] == "delta_rule_chunked"
+    ma, mb, names = same_model_pair(written, built_in)
+    assert_same_training_signal(ma, mb, names)
+
+
+def test_an_update_rule_keeps_what_the_retention_keeps():
+    """`update M + lr * outer(v, k)` (lr 0.1) under a gate is Hebbian linear attention with that
+    gate: M <- g M + 0.1 v kᵀ, which minimising -<M(k), v> with lr 0.1 also writes (chunked). The
+    per-token rule used to drop the retention of a box with an update rule."""
+    rule = compiled(box_spec(update="M + lr * outer(v, k)", lr="0.1", retention=f"gate({GATE})"))
+    hebb = compiled(box_spec(objective="-dot(M(k), v)", lr="0.1", retention=f"gate({GATE})"))
+    assert rules(rule)["layer.mem"] == "memory_general"
+    assert rules(hebb)["layer.mem"] == "linear_attn_chunked"
+    ma, mb, names = same_model_pair(rule, hebb)
+    assert_same_training_signal(ma, mb, names)
+
+
+def test_an_update_rule_that_reads_the_memory_is_the_delta_rule():
+    """`update M - 2 lr outer(M(k) - v, k)` is one GD step on |M(k) - v|², the chunked delta rule
+    (the rule reads the memory at the committed state with M(k))."""
+    rule = compiled(box_spec(update="M - 2 * lr * outer(M(k) - v, k)", retention=f"gate({GATE})"))
+    delta = compiled(box_spec(objective="l2(M(k), v)", retention=f"gate({GATE})"))
+    assert rules(rule)["layer.mem"] == "memory_general"
+    assert rules(delta)["layer.mem"] == "delta_rule_chunked"
+    ma, mb, names = same_model_pair(rule, delta)
+    assert_same_training_signal(ma, mb, names)
+
+
+def test_inner_adam_equals_torch_adam_on_the_same_objective():
+    """`optimizer adam(b1, b2, eps)` on a memory updated every token: one torch.optim.Adam step
+    per token on that token's objective, from the same initial state."""
+    c = compiled(box_spec(optimizer="adam(0.8, 0.95, 1e-6)", init="meta", read="read after",
+                          lr="0.05"))
+    box = c.model(40).double().layers[0].box_mem
+    t, d = 7, 8
+    torch.manual_seed(3)
+    k = torch.nn.functional.normalize(torch.randn(1, 1, t, d, dtype=torch.float64), dim=-1)
+    v, q = torch.randn(1, 1, t, d, dtype=torch.float64), torch.randn(1, 1, t, d, dtype=torch.float64)
+    box.s.heads = 1  # one head of the box, so that torch's Adam sees one matrix
+    w0 = box._inits()[0][:1].detach()
+    box.init_weights[0].data = w0.clone()
+
+    def loss(W, s, e):
+        return ((torch.einsum("bhoi,bhti->bhto", W[0], k[:, :, s:e]) - v[:, :, s:e]) ** 2).sum()
+
+    out, _ = box(box.initial_state(1), length=t, loss=loss, lr=0.05, query=q)
+    W = w0[None].clone().requires_grad_()
+    adam = torch.optim.Adam([W], lr=0.05, betas=(0.8, 0.95), eps=1e-6)
+    expected = []
+    for i in range(t):
+        adam.zero_grad()
+        ((torch.einsum("hoi,hi->ho", W[0], k[0, :, i]) - v[0, :, i]) ** 2).sum().backward()
+        adam.step()
+        expected.append(torch.einsum("hoi,hi->ho", W[0].detach(), q[0, :, i]))
+    assert (out[0] - torch.stack(expected, 1)).abs().max().item() < 1e-12
+
+
+def test_inner_adam_meta_gradients_are_finite_where_gradients_are_exactly_zero():
+    """A ReLU memory behind a zero-initialised layer: some inner gradients are exactly 0, so
+    Adam's second moment is too, and the outer backward through its square root gave NaN."""
+    c = compiled(box_spec(state="mlp(d_head, depth=2, expansion=2, act=relu, residual=false)",
+                          optimizer="adam(0.9, 0.99, 1e-6)", init="zeros()"))
+    torch.manual_seed(0)
+    model = c.model(40)
+    x, y = torch.randint(0, 40, (2, 8)), torch.randint(0, 40, (2, 8))
+    loss, grads = loss_and_grads(model, x, y)
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+
+
+def test_root_is_sqrt_with_a_zero_gradient_at_zero():
+    x = torch.tensor([0.0, 1e-30, 0.25, 4.0], dtype=torch.float64, requires_grad=True)
+    y = mem._root(x)
+    assert torch.equal(y.detach(), torch.sqrt(x.detach()))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert g[0] == 0
+    assert torch.allclose(g[1:], 0.5 / torch.sqrt(x.detach()[1:]))
