@@ -144,11 +144,16 @@ def _times_t(w, y: Tensor) -> Tensor:
     return torch.einsum("bhne,bhed->bhnd", y, w)
 
 
-def mlp_apply(shape: MLPShape, weights: list, x: Tensor) -> Tensor:
+def _plain_times(w: Tensor, x: Tensor) -> Tensor:
+    """W x per token as one einsum, without _times's shortcuts (see GeneralMemory.apply)."""
+    return torch.einsum("bhnd,bhed->bhne", x, w)
+
+
+def mlp_apply(shape: MLPShape, weights: list, x: Tensor, times: Callable = _times) -> Tensor:
     """Read a memory: weights[l] [B, H, out_l, in_l], x [B, H, N, d_in] -> [B, H, N, d_out]."""
     a = x
     for i, w in enumerate(weights):
-        z = _times(w, a)
+        z = times(w, a)
         a = _act(shape.act, z) if i < len(weights) - 1 else z
     return a + x if shape.residual else a
 
@@ -1030,6 +1035,17 @@ class GeneralMemory(DeepMemory):
             state["steps"] = 0
         return state
 
+    def apply(self, weights: list[Tensor], x: Tensor) -> Tensor:
+        """Read the memory with plain products. The generated objective reads it through this,
+        and torch.func differentiates that read, which _times's two shortcuts get wrong: a state
+        shared by the batch (the initial one, expanded) is read with one product of its first
+        item, so the gradient with respect to the expanded state lands on batch item 0, summed
+        over the batch; and under torch.compile the custom autograd Function that lays out state
+        gradients row-major (_StateTimes) gave wrong values inside torch.func.grad (torch 2.13;
+        tests/conformance/test_conf_reference_rules.py and tests/compile/test_compile_specs.py
+        have a case for each)."""
+        return mlp_apply(self.s.shape, weights, x, times=_plain_times)
+
     def forward(self, state: dict, *, length: int, loss=None, lr=1.0, gate=None, beta=None,
                 retain=None, update=None, query: Tensor | None = None, flush: bool = False,
                 layer_inputs: Callable | None = None, proximal=None):
@@ -1075,10 +1091,6 @@ class GeneralMemory(DeepMemory):
             return dict(state, M=M)
         if self.s.grad_at == "retained":  # at the gated state (every token, so W is M_{t-1})
             W = self._kept(list(W), t, retain, gate)
-        # a state shared by the batch (the initial one, expanded) is copied out first: reading it
-        # takes one product with its first item (_times), so a gradient with respect to the
-        # expanded tensor would land on batch item 0, summed over the batch
-        W = [w.contiguous() if w.stride(0) == 0 else w for w in W]
         grads = list(torch.func.grad(lambda ws: loss(ws, t, t + 1))(list(W)))
         if proximal is not None:  # d/dW of w/2 |W - W_0|², at the state the gradients are taken at
             w = self._at(proximal, t)
