@@ -98,8 +98,8 @@ def check(spec: str = typer.Argument(..., help="a spec file (.nest / .yaml) or a
 
         program = _program(spec, set_)
         lg = build(program)
-        unsupported(program)
-        print_warnings(err_console, program.warnings)
+        lowering = unsupported(program)
+        print_warnings(err_console, program.warnings + lowering)
         n = sum(1 for _ in lg.graph.nodes)
         out.print(f"[bold green]✓[/] {program.name}: {plural(n, 'box')} in "
                   f"{plural(len(lg.levels), 'level')}, {plural(len(program.layers), 'layer')} — "

@@ -8,7 +8,9 @@ from .diagnostics import Collector
 from .program import Program
 
 
-def unsupported(program: Program, errors: Collector | None = None) -> None:
+def unsupported(program: Program, errors: Collector | None = None) -> list:
+    """Raise (or collect) what no rule can lower; returns the lowering's warnings (a box that
+    runs token by token, say)."""
     from .lower import plan
 
     own = errors is None
@@ -16,3 +18,4 @@ def unsupported(program: Program, errors: Collector | None = None) -> None:
     plan(program, errors)
     if own:
         errors.raise_if_errors()
+    return errors.warnings

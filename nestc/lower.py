@@ -347,12 +347,38 @@ def _call_start_unsupported(p: BoxPlan, errors: Collector) -> bool:
     return True
 
 
+def _why_per_token(p: BoxPlan) -> str:
+    """What keeps a box off the chunked rules (it lowers to memory_general)."""
+    box, ret, opt = p.box, p.retention, p.optimizer
+    if box.update is not None:
+        return "an `update` rule"
+    if box.state.form == "vector":
+        return "a vector state"
+    if opt is not None and opt.kind == "adam":
+        return "`optimizer adam`"
+    if ret is not None and ret.kind == "proximal":
+        return "`retention proximal(...)`"
+    if ret is not None and ret.kind == "general":
+        return "a retention expression that is not a gate (c * M)"
+    if ret is not None and ret.grad_at == "retained":
+        return "`grad=retained` on a memory other than a matrix with an l2 or dot objective and gd"
+    if box.read == "after":
+        return "`read after`"
+    return "this combination of objective, retention and optimizer"
+
+
 def plan(program: Program, errors: Collector) -> dict[str, BoxPlan]:
     plans: dict[str, BoxPlan] = {}
     for q, b in program.boxes.items():
         p = _plan_box(b, errors)
         if p is not None and _call_start_unsupported(p, errors):
             p = None
+        if p is not None and p.rule == "memory_general":
+            errors.warning(b.pos, f"box `{b.name}` runs token by token (the general rule, for "
+                           f"{_why_per_token(p)}): its steps are slower than a chunked rule's, "
+                           "and a compiled step unrolls every token of a sequence",
+                           hint="for speed: an objective of M(k) with gd, momentum or dgd, and a "
+                                "gate (or none) as retention")
         if p is not None:
             plans[q] = p
     for opt in program.optimizers:

@@ -117,6 +117,10 @@ def train_command(compiled, flags: dict, out: Path, resume: Path | None, out_con
     if resume is not None and not Path(resume).exists():
         raise NestError.at(Pos(file=str(resume)), "no such checkpoint",
                            hint="resume from a run folder's last.safetensors")
+    from .compat import unsupported
+    from .views import print_warnings
+
+    print_warnings(err_console, unsupported(compiled.program))  # e.g. a box run token by token
     view = TrainView(cfg.steps, compiled.program.name, compiling=bool(cfg.compile))
     trainer = Trainer(compiled, cfg, out, progress=view.update)
     params = sum(p.numel() for p in trainer.model.parameters())

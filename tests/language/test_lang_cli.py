@@ -47,6 +47,34 @@ def test_check_accepts_every_builtin_in_process():
         result = runner.invoke(app, ["check", name])
         assert result.exit_code == 0, (name, result.output)
         assert "checks clean" in result.output
+        assert "warning" not in result.output  # every box of a built-in has a chunked rule
+
+
+def test_check_warns_of_a_box_that_runs_token_by_token(tmp_path):
+    """A box no chunked rule takes (Adam on its inner objective) still checks clean, with a
+    warning naming it, its line and why; no built-in spec gets the warning."""
+    spec = tmp_path / "adam_memory.nest"
+    spec.write_text(
+        'spec adam_memory "an MLP memory learning with Adam"\n'
+        "param d_model = 16\n"
+        "block layer {\n"
+        "    box mem : memory {\n"
+        "        heads 2\n"
+        "        state mlp(8, depth=2, expansion=2)\n"
+        "        keys l2norm(linear(in, d_model), groups=2)\n"
+        "        values linear(in, d_model)\n"
+        "        objective l2(M(k), v)\n"
+        "        optimizer adam(0.9, 0.99, 1e-8)\n"
+        "    }\n"
+        "    x = x + mem(rmsnorm(x))\n"
+        "}\n"
+        "model {\n    dim d_model\n    repeat 1 { layer }\n}\n")
+    proc = nestc("check", spec.name, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "checks clean" in proc.stdout
+    assert "warning: box `mem` runs token by token (the general rule, for `optimizer adam`)" in proc.stderr
+    assert "adam_memory.nest:4:5" in proc.stderr
+    assert nestc("check", "hope").stderr == ""
 
 
 def test_check_reports_a_bad_spec_with_exit_code_2(tmp_path):
