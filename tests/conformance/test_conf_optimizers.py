@@ -13,13 +13,13 @@ def _mlp(bias: bool) -> torch.nn.Module:
 
 
 def _max_param_diff(make_ref, spec: str, settings: dict, bias: bool = True, steps: int = 100,
-                    per_tensor: bool = False) -> float:
+                    per_tensor: bool = False, text: str | None = None) -> float:
     torch.manual_seed(1)
     a = _mlp(bias)
     b = _mlp(bias)
     b.load_state_dict(a.state_dict())
     ref = make_ref(a.parameters())
-    (name, _group, cls, _defaults), = nestc.compile(spec).module.OPTIMIZERS
+    (name, _group, cls, _defaults), = nestc.compile(spec, text=text).module.OPTIMIZERS
     ours = cls(list(b.parameters()), **settings)
     if per_tensor:  # what a compiled training step runs on the CPU (LevelOptimizer.compile_steps)
         ours.compile_steps(per_tensor=True)
@@ -107,3 +107,95 @@ def test_m3_newton_schulz_polynomial_is_a_choice():
     m1 = results["cubic"]["M1"]
     torch.testing.assert_close(results["cubic"]["O1"], cubic_newton_schulz(m1, 5).to(m1.dtype))
     assert not torch.allclose(results["cubic"]["O1"], results["muon"]["O1"])
+
+
+# Optimizers no built-in spec describes, written here as a user would, each one memory over the
+# gradients and a weights rule: RMSprop and AdaGrad against torch.optim, Lion against its rule
+# written out below (torch has none).
+NOVEL = {
+    "rmsprop": """spec rmsprop "RMSprop: a decaying mean of squared gradients"
+param lr    = 1e-2
+param alpha = 0.99
+param eps   = 1e-8
+box v : memory {
+    state     like(W)
+    context   g = grad(W)
+    lr        1 - alpha
+    objective 0.5 * l2(M, g * g)
+    every     1 step
+}
+box W : weights {
+    update W - lr * grad(W) / (sqrt(v) + eps)
+}
+""",
+    "adagrad": """spec adagrad "AdaGrad: the sum of squared gradients, a Hebbian memory of g * g"
+param lr  = 1e-2
+param eps = 1e-10
+box s : memory {
+    state     like(W)
+    context   g = grad(W)
+    objective -dot(M, g * g)
+    every     1 step
+}
+box W : weights {
+    update W - lr * grad(W) / (sqrt(s) + eps)
+}
+""",
+    "lion": """spec lion "Lion: the sign of an interpolation of the momentum and the gradient"
+param lr           = 1e-3
+param beta1        = 0.9
+param beta2        = 0.99
+param weight_decay = 0.0
+box m : memory {
+    state     like(W)
+    context   g = grad(W)
+    lr        1 - beta2
+    objective 0.5 * l2(M, g)
+    every     1 step
+}
+# W reads m after this step's update, so the step before it is (m - (1 - beta2) g) / beta2
+box W : weights {
+    update W * (1 - lr * weight_decay) - lr * sign(beta1 / beta2 * (m - (1 - beta2) * grad(W)) + (1 - beta1) * grad(W))
+}
+""",
+}
+
+
+class WrittenOutLion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023, Algorithm 2): c = b1 m + (1 - b1) g; W <- W (1 - lr wd) - lr sign(c);
+    m <- b2 m + (1 - b2) g."""
+
+    def __init__(self, params, lr, beta1, beta2, weight_decay):
+        super().__init__(params, dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, b1, b2, wd = (group[k] for k in ("lr", "beta1", "beta2", "weight_decay"))
+            for p in group["params"]:
+                m = self.state[p].setdefault("m", torch.zeros_like(p))
+                p.mul_(1 - lr * wd).sub_(lr * torch.sign(b1 * m + (1 - b1) * p.grad))
+                m.mul_(b2).add_((1 - b2) * p.grad)
+
+
+NOVEL_CASES = {
+    "rmsprop": (lambda p: torch.optim.RMSprop(p, lr=1e-2, alpha=0.9, eps=1e-6), dict(lr=1e-2, alpha=0.9, eps=1e-6)),
+    "adagrad": (lambda p: torch.optim.Adagrad(p, lr=1e-2, eps=1e-10), dict(lr=1e-2, eps=1e-10)),
+    "lion": (lambda p: WrittenOutLion(p, lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=0.1),
+             dict(lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=0.1)),
+}
+
+
+@pytest.mark.parametrize("per_tensor", [False, True], ids=["eager", "compiled_per_tensor"])
+@pytest.mark.parametrize("case", sorted(NOVEL_CASES))
+def test_a_novel_optimizer_spec_matches_its_reference(case, per_tensor):
+    make_ref, settings = NOVEL_CASES[case]
+    diff = _max_param_diff(make_ref, f"{case}.nest", settings, per_tensor=per_tensor, text=NOVEL[case])
+    assert diff <= 1e-6
+
+
+def test_the_novel_optimizer_comparison_can_fail():
+    """Lion's comparison passes at 0.0 difference (a sign step rounds nothing): a different beta1
+    in the spec's settings must show up, or the comparison proves nothing."""
+    make_ref, settings = NOVEL_CASES["lion"]
+    assert _max_param_diff(make_ref, "lion.nest", dict(settings, beta1=0.5), text=NOVEL["lion"]) > 1e-4
