@@ -222,6 +222,82 @@ def test_general_rule_compiled_meta_gradients_equal_eager():
     assert {"layers.0.box_adam_mem.init_weights.0", "layers.0.box_prox_mem.init_weights.0"} <= set(compared)
 
 
+# four memories no built-in spec has, each on the chunk-parallel rule: delta gradient descent with
+# the paper's step on a matrix, an objective written as an expression under a gate, a Huber
+# objective with data-dependent momentum, an L3 objective read after each token
+NOVEL_RULES_SPEC = """spec novel_rules "four memories no built-in spec has, each on a chunked rule"
+param d_model = 16
+param heads   = 2
+param d_head  = d_model / heads
+block layer {
+    box dgd_mem : memory {
+        heads     heads
+        state     matrix(d_head, d_head)
+        keys      l2norm(linear(in, d_model), groups=heads)
+        values    linear(in, d_model)
+        lr        0.5 * sigmoid(linear(in, heads))
+        objective l2(M(k), v)
+        optimizer dgd(step=paper, decay_keys=first)
+        every     2 tokens
+    }
+    box cubic_mem : memory {
+        heads     heads
+        state     mlp(d_head, depth=2, expansion=2)
+        init      meta
+        keys      l2norm(linear(in, d_model), groups=heads)
+        values    linear(in, d_model)
+        lr        0.1
+        objective sum(abs(M(k) - v) ** 3) + 0.1 * sum(M(k) * v)
+        retention gate(sigmoid(linear(in, heads) + 1.0))
+        every     4 tokens
+    }
+    box huber_mem : memory {
+        heads     heads
+        state     mlp(d_head, depth=2, expansion=2, act=silu)
+        init      meta
+        keys      l2norm(linear(in, d_model), groups=heads)
+        values    linear(in, d_model)
+        lr        0.5 * sigmoid(linear(in, heads))
+        objective huber(M(k), v, 0.3)
+        optimizer momentum(sigmoid(linear(in, heads)))
+        every     3 tokens
+    }
+    box lp_mem : memory {
+        heads     heads
+        state     matrix(d_head, d_head)
+        keys      l2norm(linear(in, d_model), groups=heads)
+        values    linear(in, d_model)
+        lr        0.2
+        objective lp(M(k), v, 3)
+        read      after
+    }
+    let h = rmsnorm(x)
+    x = x + linear(combine(dgd_mem(h), cubic_mem(h), huber_mem(h), lp_mem(h)), d_model)
+}
+model {
+    dim d_model
+    repeat 1 { layer }
+}
+"""
+
+
+@pytest.mark.slow
+def test_novel_memories_compiled_meta_gradients_equal_eager():
+    """The built-ins' compiled steps are checked against eager above; this is the same check
+    for box options none of them uses."""
+    c = nestc.compile("novel_rules.nest", text=NOVEL_RULES_SPEC)
+    assert c.module.__doc__.count(": deep_memory_chunked") == 4
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = c.model(50)
+    x, y = torch.randint(0, 50, (2, 12)), torch.randint(0, 50, (2, 12))
+    eager = torch.autograd.grad(forward_loss(model, x, y, {}), list(model.parameters()), allow_unused=True)
+    fn = torch.compile(lambda a, b: forward_loss(model, a, b, {}), fullgraph=True)
+    compiled = torch.autograd.grad(fn(x, y), list(model.parameters()), allow_unused=True)
+    compared = _assert_eager_gradients(model, eager, compiled)
+    assert sum("init_weights" in n for n in compared) == 6  # every meta-learned initial state
+
+
 def _assert_eager_gradients(model, eager, compiled) -> list[str]:
     """Every parameter's compiled gradient equals eager's (None or zero where eager has none);
     returns the names of the parameters compared."""
