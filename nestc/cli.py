@@ -92,6 +92,7 @@ def check(spec: str = typer.Argument(..., help="a spec file (.nest / .yaml) or a
     """Check a spec: syntax, names, shapes, levels, and what the compiler supports."""
 
     def run():
+        from .codegen import generate
         from .compat import unsupported
         from .levels import build
         from .views import print_warnings
@@ -99,6 +100,7 @@ def check(spec: str = typer.Argument(..., help="a spec file (.nest / .yaml) or a
         program = _program(spec, set_)
         lg = build(program)
         lowering = unsupported(program)
+        generate(program, lg)  # what only code generation finds (a read a box cannot give, ...)
         print_warnings(err_console, program.warnings + lowering)
         n = sum(1 for _ in lg.graph.nodes)
         out.print(f"[bold green]✓[/] {program.name}: {plural(n, 'box')} in "

@@ -75,10 +75,12 @@ class BlockGen:
         self.fusion: dict[str, "Fused"] = {}
         self._emitters: list[ExprEmitter] = []
         self.loops = 0
+        self.qualnames: dict[str, str] = {}
         for q in block.boxes:
             b = program.boxes[q]
             attr = self.sites.new(f"box_{b.name}")
             self.refs[b.name] = BoxRef(b, plans[q], attr, attr)
+            self.qualnames[b.name] = q
 
     # ----------------------------------------------------------------------------- analysis
     def _names(self, e: ir.Expr | None) -> set[str]:
@@ -245,6 +247,8 @@ class BlockGen:
     def _read(self, name: str, c: ir.Call, em: ExprEmitter, names: dict[str, str], in_loop: bool) -> str:
         ref = self.refs[name]
         b = ref.info
+        if c.func in ("read_before", "read_after"):
+            self._check_read_mode(c, b, in_loop)
         arg_expr = c.args[-1]
         if in_loop and name in self.fusion and self.fusion[name].outs is not None:
             return self.fusion[name].outs[name]  # read together with its siblings already
@@ -274,6 +278,24 @@ class BlockGen:
             raise NestError.at(c.pos, f"box `{name}` is read twice outside a chunk loop")
         ref.processed = True  # type: ignore[attr-defined]
         return self._process(ref, names, in_var)
+
+    @staticmethod
+    def _check_read_mode(c: ir.Call, b: BoxInfo, in_loop: bool) -> None:
+        """read_before / read_after name the state a read sees. A box read several times (or in
+        a cycle) runs in a chunk loop, where every read sees the chunk-start state; a box read
+        once sees the state its `read` property names. Anything else has no lowering."""
+        wanted = "before" if c.func == "read_before" else "after"
+        sees = "before" if in_loop else b.read
+        if wanted == sees:
+            return
+        where = ("it is read more than once (or in a cycle), so every read sees the state before "
+                 "the current chunk's update" if in_loop else
+                 f"its `read` property is `{b.read}`")
+        raise NestError.at(c.pos, f"`{c.func}({b.name}, ...)` reads the state {wanted} the "
+                           f"update, but box `{b.name}` cannot give that here: {where}",
+                           hint=f"read box `{b.name}` once and set `read {wanted}` in it"
+                           if in_loop else f"set `read {wanted}` in box `{b.name}`, or use "
+                           f"`read_{sees}`")
 
     def _tmp(self, base: str, value: str) -> str:
         if value.isidentifier():
@@ -723,8 +745,28 @@ class BlockGen:
                   f"query=None, out_grad={grad}, flush=flush)")
 
     # -- the class --
+    def _in_a_loop(self, name: str) -> None:
+        """A box inside a chunk loop is read at its chunk-start state between its updates, which
+        the delta rule and linear attention (a whole call's tokens at once) do not keep: such a
+        box runs the chunk-start rule instead (the general rule for a gradient at the gated
+        state), one token per piece -- the same recurrence (tests/conformance/
+        test_conf_reference_rules.py). The module's lowering list shows the change."""
+        ref = self.refs[name]
+        p = ref.plan
+        if p.rule not in ("delta_rule_chunked", "linear_attn_chunked"):
+            return
+        retained = p.retention is not None and p.retention.grad_at == "retained"
+        rule = "memory_general" if retained else "deep_memory_chunked"
+        ref.plan = BoxPlan(p.box, rule, f"{p.rule} read inside a chunk loop: {rule} at the "
+                           "chunk-start state, token by token", objective=p.objective,
+                           retention=p.retention, optimizer=p.optimizer, lss=p.lss)
+        self.plans[self.qualnames[name]] = ref.plan
+
     def generate(self) -> str:
         units = self.schedule()
+        for u in units:
+            for name in u.boxes if u.period else ():
+                self._in_a_loop(name)
         names: dict[str, str] = {"x": "x"}
         for u in units:
             if u.period:

@@ -178,6 +178,68 @@ def test_combinations_without_a_lowering_are_errors_at_compile_time(options, mes
     assert "box `mem`" in text and message in text and "one_box.nest:" in text
 
 
+# -- reads that put a box in a chunk loop --------------------------------------------------------
+
+def two_reads_spec(first: str, second: str, read: str = "before") -> str:
+    """A delta-rule box read twice with the same input, the two reads summed."""
+    return f"""spec two_reads "a delta-rule memory read twice"
+param d_model = 16
+param heads   = 2
+block layer {{
+    box mem : memory {{
+        heads     heads
+        state     matrix(8, 8)
+        init      zeros()
+        keys      l2norm(linear(in, d_model), groups=heads)
+        values    linear(in, d_model)
+        lr        0.5 * sigmoid(linear(in, heads))
+        objective l2(M(k), v)
+        read      {read}
+    }}
+    let h = rmsnorm(x)
+    let a = {first}
+    let b = {second}
+    x = x + linear(a + b, d_model)
+}}
+model {{
+    dim d_model
+    repeat 1 {{ layer }}
+}}
+"""
+
+
+def test_a_delta_rule_box_read_in_a_chunk_loop_runs_the_chunk_start_rule():
+    """Read twice, the box runs in a chunk loop, where every read sees the state before the
+    token's update: the delta rule (a whole call at once) keeps no such states, so the box runs
+    the chunk-start rule there, one token per piece. Same recurrence as one read of the delta
+    rule (its state before each token), used twice."""
+    looped = compiled(two_reads_spec("read_before(mem, h)", "read_before(mem, h)"))
+    once = compiled(two_reads_spec("mem(h)", "a"))
+    assert rules(looped)["layer.mem"] == "deep_memory_chunked"
+    assert rules(once)["layer.mem"] == "delta_rule_chunked"
+    ma, mb, names = same_model_pair(looped, once)
+    assert_same_training_signal(ma, mb, names)
+
+
+@pytest.mark.parametrize("first, second, read, message", [
+    ("read_before(mem, h)", "read_after(mem, h)", "before",
+     "it is read more than once (or in a cycle), so every read sees the state before"),
+    ("read_after(mem, h)", "a", "before", "its `read` property is `before`"),
+    ("read_before(mem, h)", "a", "after", "its `read` property is `after`"),
+])
+def test_a_read_the_box_cannot_give_is_an_error(first, second, read, message):
+    with pytest.raises(NestError) as err:
+        compiled(two_reads_spec(first, second, read))
+    assert message in str(err.value) and "one_box.nest:" in str(err.value)
+
+
+def test_read_after_on_a_box_that_reads_after_is_its_own_read():
+    after = compiled(two_reads_spec("read_after(mem, h)", "a", read="after"))
+    plain = compiled(two_reads_spec("mem(h)", "a", read="after"))
+    ma, mb, names = same_model_pair(after, plain)
+    assert_same_training_signal(ma, mb, names)
+
+
 # -- the general rule's own features ------------------------------------------------------------
 
 

@@ -77,6 +77,30 @@ def test_check_warns_of_a_box_that_runs_token_by_token(tmp_path):
     assert nestc("check", "hope").stderr == ""
 
 
+def test_check_reports_what_only_code_generation_finds(tmp_path):
+    """read_after on a box read twice: the spec resolves and lowers, the code generator refuses
+    it; `nestc check` runs the generator too, so it says so before any training."""
+    spec = tmp_path / "reads.nest"
+    spec.write_text(
+        'spec reads "two reads"\n'
+        "param d_model = 16\n"
+        "block layer {\n"
+        "    box mem : memory {\n"
+        "        heads 2\n"
+        "        state matrix(8, 8)\n"
+        "        keys l2norm(linear(in, d_model), groups=2)\n"
+        "        values linear(in, d_model)\n"
+        "        objective l2(M(k), v)\n"
+        "    }\n"
+        "    let h = rmsnorm(x)\n"
+        "    x = x + read_before(mem, h) + read_after(mem, h)\n"
+        "}\n"
+        "model {\n    dim d_model\n    repeat 1 { layer }\n}\n")
+    proc = nestc("check", spec.name, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "reads.nest:12:35" in proc.stderr and "`read_after(mem, ...)`" in proc.stderr
+
+
 def test_check_reports_a_bad_spec_with_exit_code_2(tmp_path):
     bad = tmp_path / "bad.nest"
     bad.write_text("spec bad\nparam width = 16\nparam d = widht * 2\nparam e = 1 / 0\n")
