@@ -39,7 +39,11 @@ from nestc.runtime.train import make_optimizer
 # The documented defaults (specs/m3.nest params, docs/paper-compliance.md §7 #11), written out
 # here rather than read from the compiled module, so a changed default fails this file.
 LR, BETA1, BETA2, BETA3, ALPHA, EPS, F, NS_STEPS, WEIGHT_DECAY = \
-    0.02, 0.9, 0.999, 0.9, 0.1, 1e-8, 10, 5, 0.0
+    3e-4, 0.9, 0.999, 0.9, 0.1, 1e-8, 10, 5, 0.0
+# The arithmetic tests below run at Muon's 0.02 (the default until benchmarks/m3_lr.py showed it
+# diverging in training): with unit-scale random gradients it moves the weights well beyond the
+# tolerances, which the default's smaller steps would not
+RUN_LR = 0.02
 # specs/adamw.nest's defaults, for the parameters that are not 2-D matrices
 ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 
@@ -104,7 +108,7 @@ def reference_m3(w0: torch.Tensor, grads: list[torch.Tensor], f: int, timing: st
         O1 = _ns(M1)  # line 9
         if timing == "eq75" and t % f == 0:
             refresh_slow()
-        W = W * (1 - LR * WEIGHT_DECAY) - LR * (O1 + ALPHA * O2) / (V.sqrt() + EPS)  # line 10
+        W = W * (1 - RUN_LR * WEIGHT_DECAY) - RUN_LR * (O1 + ALPHA * O2) / (V.sqrt() + EPS)  # line 10
         if timing == "algorithm1" and t % f == 0:
             refresh_slow()  # lines 3–4 of the next outer iteration
         out.append(dict(W=W.clone(), M1=M1.clone(), V=V.clone(), M2=M2.clone(), O1=O1,
@@ -176,6 +180,7 @@ def test_m3_matches_algorithm1_on_an_mlp(dtype):
 
     opt = make_optimizer(nestc.compile("m3"), model, override="m3")
     m3, adamw = opt.optimizers
+    m3.param_groups[0]["lr"] = RUN_LR  # as a schedule sets it
     # which parameters get M3 and which AdamW
     assert type(m3).__name__ == "M3"
     assert [id(p) for p in m3.param_groups[0]["params"]] == [id(p) for p in matrices]
@@ -232,7 +237,7 @@ def test_m3_matches_algorithm1_with_a_compiled_f():
           for shape in ((6, 4), (5, 5), (3, 7))]
     init = [w.detach().clone() for w in ws]
     grads = _grads(ws, steps, seed=3)
-    opt = cls(ws)
+    opt = cls(ws, lr=RUN_LR)
     refs = [reference_m3(init[i], [gs[i] for gs in grads], f) for i in range(len(ws))]
     worst = 0.0
     for t in range(1, steps + 1):
@@ -260,7 +265,7 @@ def test_o2_timing_is_eq75_not_algorithm1s_literal_order():
     grads = [gs[0] for gs in _grads([w], steps, seed=5)]
     eq75 = reference_m3(w0, grads, F, "eq75")
     alg1 = reference_m3(w0, grads, F, "algorithm1")
-    opt = cls([w])
+    opt = cls([w], lr=RUN_LR)
     for t, g in enumerate(grads, start=1):
         w.grad = g.clone()
         opt.step()
