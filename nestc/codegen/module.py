@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from .. import __version__
-from ..diagnostics import Collector
+from ..diagnostics import Collector, NestError
 from ..levels import LevelGraph
 from ..lower import plan as make_plan
 from ..lower import reference_plan
@@ -28,6 +28,16 @@ from nestc.runtime.model import LanguageModel
 
 
 def generate(program: Program, levels: LevelGraph, options: dict | None = None) -> str:
+    try:
+        return _generate(program, levels, options)
+    except NestError as err:  # the generator's errors quote the spec line, as the resolver's do
+        for d in err.diagnostics:
+            if d.source_line is None and program.sources is not None:
+                d.source_line = program.sources.line(d.pos)
+        raise
+
+
+def _generate(program: Program, levels: LevelGraph, options: dict | None) -> str:
     options = dict(sorted((options or {}).items()))
     errors = Collector()
     plans = make_plan(program, errors)

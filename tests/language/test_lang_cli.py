@@ -99,6 +99,7 @@ def test_check_reports_what_only_code_generation_finds(tmp_path):
     proc = nestc("check", spec.name, cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "reads.nest:12:35" in proc.stderr and "`read_after(mem, ...)`" in proc.stderr
+    assert " 12 |     x = x + read_before(mem, h) + read_after(mem, h)" in proc.stderr  # the line quoted
 
 
 def test_check_reports_a_bad_spec_with_exit_code_2(tmp_path):
