@@ -208,18 +208,24 @@ def test_general_rule_compiled_meta_gradients_equal_eager():
     c = nestc.compile("general_pair.nest", text=GENERAL_RULE_SPEC)
     assert "layer.adam_mem: memory_general" in c.module.__doc__
     assert "layer.prox_mem: memory_general" in c.module.__doc__
+    compared = _compiled_step_equals_eager(c, length=8)
+    assert {"layers.0.box_adam_mem.init_weights.0", "layers.0.box_prox_mem.init_weights.0"} <= set(compared)
+
+
+def _compiled_step_equals_eager(c, length: int) -> list[str]:
+    """The training loss of a small model of `c` and every parameter's gradient, compiled
+    (fullgraph) against eager; returns the names of the parameters compared."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = c.model(50)
-    x, y = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))
+    x, y = torch.randint(0, 50, (2, length)), torch.randint(0, 50, (2, length))
     eager_loss = forward_loss(model, x, y, {})
     eager = torch.autograd.grad(eager_loss, list(model.parameters()), allow_unused=True)
     fn = torch.compile(lambda a, b: forward_loss(model, a, b, {}), fullgraph=True)
     compiled_loss = fn(x, y)
     compiled = torch.autograd.grad(compiled_loss, list(model.parameters()), allow_unused=True)
     assert torch.allclose(compiled_loss, eager_loss, rtol=1e-6)
-    compared = _assert_eager_gradients(model, eager, compiled)
-    assert {"layers.0.box_adam_mem.init_weights.0", "layers.0.box_prox_mem.init_weights.0"} <= set(compared)
+    return _assert_eager_gradients(model, eager, compiled)
 
 
 # four memories no built-in spec has, each on the chunk-parallel rule: delta gradient descent with
@@ -287,14 +293,7 @@ def test_novel_memories_compiled_meta_gradients_equal_eager():
     for box options none of them uses."""
     c = nestc.compile("novel_rules.nest", text=NOVEL_RULES_SPEC)
     assert c.module.__doc__.count(": deep_memory_chunked") == 4
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = c.model(50)
-    x, y = torch.randint(0, 50, (2, 12)), torch.randint(0, 50, (2, 12))
-    eager = torch.autograd.grad(forward_loss(model, x, y, {}), list(model.parameters()), allow_unused=True)
-    fn = torch.compile(lambda a, b: forward_loss(model, a, b, {}), fullgraph=True)
-    compiled = torch.autograd.grad(fn(x, y), list(model.parameters()), allow_unused=True)
-    compared = _assert_eager_gradients(model, eager, compiled)
+    compared = _compiled_step_equals_eager(c, length=12)
     assert sum("init_weights" in n for n in compared) == 6  # every meta-learned initial state
 
 

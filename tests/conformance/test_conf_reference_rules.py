@@ -105,6 +105,14 @@ def assert_same_training_signal(ma, mb, pairs, t=10, rtol=1e-9):
         assert (u - w).abs().max().item() <= rtol * scale, name_a
 
 
+def assert_same_model(spec_a: str, rule_a: str, spec_b: str, rule_b: str) -> None:
+    """Two specs that mean the same, lowered to the rules named: the same training signal."""
+    a, b = compiled(spec_a), compiled(spec_b)
+    assert (rules(a)["layer.mem"], rules(b)["layer.mem"]) == (rule_a, rule_b)
+    ma, mb, pairs = same_model_pair(a, b)
+    assert_same_training_signal(ma, mb, pairs)
+
+
 # (case id, box options, the chunked rule it lowers to)
 CASES = [
     ("delta", {}, "delta_rule_chunked"),
@@ -257,12 +265,8 @@ def test_a_delta_rule_box_read_in_a_chunk_loop_runs_the_chunk_start_rule():
     token's update: the delta rule (a whole call at once) keeps no such states, so the box runs
     the chunk-start rule there, one token per piece. Same recurrence as one read of the delta
     rule (its state before each token), used twice."""
-    looped = compiled(two_reads_spec("read_before(mem, h)", "read_before(mem, h)"))
-    once = compiled(two_reads_spec("mem(h)", "a"))
-    assert rules(looped)["layer.mem"] == "deep_memory_chunked"
-    assert rules(once)["layer.mem"] == "delta_rule_chunked"
-    ma, mb, names = same_model_pair(looped, once)
-    assert_same_training_signal(ma, mb, names)
+    assert_same_model(two_reads_spec("read_before(mem, h)", "read_before(mem, h)"), "deep_memory_chunked",
+                      two_reads_spec("mem(h)", "a"), "delta_rule_chunked")
 
 
 @pytest.mark.parametrize("first, second, read, message", [
@@ -278,10 +282,8 @@ def test_a_read_the_box_cannot_give_is_an_error(first, second, read, message):
 
 
 def test_read_after_on_a_box_that_reads_after_is_its_own_read():
-    after = compiled(two_reads_spec("read_after(mem, h)", "a", read="after"))
-    plain = compiled(two_reads_spec("mem(h)", "a", read="after"))
-    ma, mb, names = same_model_pair(after, plain)
-    assert_same_training_signal(ma, mb, names)
+    assert_same_model(two_reads_spec("read_after(mem, h)", "a", read="after"), "delta_rule_chunked",
+                      two_reads_spec("mem(h)", "a", read="after"), "delta_rule_chunked")
 
 
 # -- the general rule's own features ------------------------------------------------------------
@@ -290,12 +292,8 @@ def test_read_after_on_a_box_that_reads_after_is_its_own_read():
 def test_proximal_retention_to_a_zero_initial_state_is_weight_decay():
     """proximal(w) adds w/2 |M - M_0|² to the objective: with M_0 = 0 a GD step is
     (1 - lr w) M - lr grad, which is what weight_decay(w) keeps (the delta rule, chunked)."""
-    prox = compiled(box_spec(retention="proximal(0.3)"))
-    decay = compiled(box_spec(retention="weight_decay(0.3)"))
-    assert rules(prox)["layer.mem"] == "memory_general"
-    assert rules(decay)["layer.mem"] == "delta_rule_chunked"
-    ma, mb, names = same_model_pair(prox, decay)
-    assert_same_training_signal(ma, mb, names)
+    assert_same_model(box_spec(retention="proximal(0.3)"), "memory_general",
+                      box_spec(retention="weight_decay(0.3)"), "delta_rule_chunked")
 
 
 def test_proximal_retention_pulls_towards_the_initial_state():
@@ -326,35 +324,26 @@ def test_proximal_retention_pulls_towards_the_initial_state():
 def test_an_objective_written_out_equals_the_built_in_one():
     """sum((M(k) - v) ** 2) as an expression (torch.func on it, chunk-parallel) against l2(M(k), v)
     (the chunked delta rule)."""
-    written = compiled(box_spec(objective="sum((M(k) - v) ** 2)"))
-    built_in = compiled(box_spec(objective="l2(M(k), v)"))
-    assert rules(written)["layer.mem"] == "deep_memory_chunked"
-    assert rules(built_in)["layer.mem"] == "delta_rule_chunked"
-    ma, mb, names = same_model_pair(written, built_in)
-    assert_same_training_signal(ma, mb, names)
+    assert_same_model(box_spec(objective="sum((M(k) - v) ** 2)"), "deep_memory_chunked",
+                      box_spec(objective="l2(M(k), v)"), "delta_rule_chunked")
 
 
 def test_an_update_rule_keeps_what_the_retention_keeps():
     """`update M + lr * outer(v, k)` (lr 0.1) under a gate is Hebbian linear attention with that
     gate: M <- g M + 0.1 v kᵀ, which minimising -<M(k), v> with lr 0.1 also writes (chunked). The
     per-token rule used to drop the retention of a box with an update rule."""
-    rule = compiled(box_spec(update="M + lr * outer(v, k)", lr="0.1", retention=f"gate({GATE})"))
-    hebb = compiled(box_spec(objective="-dot(M(k), v)", lr="0.1", retention=f"gate({GATE})"))
-    assert rules(rule)["layer.mem"] == "memory_general"
-    assert rules(hebb)["layer.mem"] == "linear_attn_chunked"
-    ma, mb, names = same_model_pair(rule, hebb)
-    assert_same_training_signal(ma, mb, names)
+    assert_same_model(box_spec(update="M + lr * outer(v, k)", lr="0.1", retention=f"gate({GATE})"),
+                      "memory_general",
+                      box_spec(objective="-dot(M(k), v)", lr="0.1", retention=f"gate({GATE})"),
+                      "linear_attn_chunked")
 
 
 def test_an_update_rule_that_reads_the_memory_is_the_delta_rule():
     """`update M - 2 lr outer(M(k) - v, k)` is one GD step on |M(k) - v|², the chunked delta rule
     (the rule reads the memory at the committed state with M(k))."""
-    rule = compiled(box_spec(update="M - 2 * lr * outer(M(k) - v, k)", retention=f"gate({GATE})"))
-    delta = compiled(box_spec(objective="l2(M(k), v)", retention=f"gate({GATE})"))
-    assert rules(rule)["layer.mem"] == "memory_general"
-    assert rules(delta)["layer.mem"] == "delta_rule_chunked"
-    ma, mb, names = same_model_pair(rule, delta)
-    assert_same_training_signal(ma, mb, names)
+    assert_same_model(box_spec(update="M - 2 * lr * outer(M(k) - v, k)", retention=f"gate({GATE})"),
+                      "memory_general",
+                      box_spec(objective="l2(M(k), v)", retention=f"gate({GATE})"), "delta_rule_chunked")
 
 
 def test_inner_adam_equals_torch_adam_on_the_same_objective():
