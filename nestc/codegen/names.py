@@ -22,10 +22,20 @@ def py_name(name: str) -> str:
     return name
 
 
+# module-level names of a generated module (its imports' aliases and its own globals), which a
+# class made from a block or optimizer name must not shadow: a block named `r` became class `R`
+# and replaced the runtime's ops module for every later line
+MODULE_NAMES = {"torch", "F", "nn", "A", "L", "mem", "R", "O", "LanguageModel", "Model", "SPEC",
+                "SPEC_SHA256", "OPTIONS", "PARAMS", "TRAIN", "OPTIMIZERS"}
+
+
 def class_name(qualname: str) -> str:
-    """hope_layer.cms_sequential -> HopeLayer_CmsSequential."""
+    """hope_layer.cms_sequential -> HopeLayer_CmsSequential; `r` -> `R_`, `none` -> `None_`."""
     parts = [re.sub(r"(^|_)([a-z0-9])", lambda m: m.group(2).upper(), p) or p for p in qualname.split(".")]
-    return "_".join(parts)
+    name = "_".join(parts)
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in MODULE_NAMES:
+        return name + "_"
+    return name
 
 
 def one_line(text: str) -> str:
