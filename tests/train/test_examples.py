@@ -72,3 +72,17 @@ def test_the_signum_example_is_sign_sgd_with_momentum():
             moments[i] = 0.8 * moments[i] + 0.2 * g
             ref[i] = ref[i] - 0.01 * torch.sign(moments[i])
     assert max((p - r).abs().max().item() for p, r in zip(net.parameters(), ref)) <= 1e-6
+
+
+def test_the_adam_memory_example_trains_token_by_token_and_says_so(tmp_path):
+    """examples/adam_memory.nest: a box no chunked rule takes (Adam on its inner objective,
+    proximal retention) beside a gated delta rule; the CLI warns, names the box, and trains."""
+    out = tmp_path / "run"
+    r = nestc_cli("train", EXAMPLES / "adam_memory.nest", "--steps", "2", "--batch", "2",
+                  "--seq-len", "12", "--eval-every", "2", "-o", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning: box `adam_mem` runs token by token" in r.stderr
+    assert "`delta`" not in r.stderr.split("warning:", 1)[1]  # the delta rule box is chunked
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["kind"] for row in rows if row["kind"] in ("train", "eval")] == ["train", "train", "eval"]
+    assert torch.isfinite(torch.tensor([row["loss"] for row in rows if "loss" in row])).all()
