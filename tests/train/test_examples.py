@@ -86,3 +86,8 @@ def test_the_adam_memory_example_trains_token_by_token_and_says_so(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["kind"] for row in rows if row["kind"] in ("train", "eval")] == ["train", "train", "eval"]
     assert torch.isfinite(torch.tensor([row["loss"] for row in rows if "loss" in row])).all()
+
+
+def test_the_examples_are_in_canonical_form():
+    r = nestc_cli("fmt", "--check", *sorted(EXAMPLES.glob("*.nest")))
+    assert r.returncode == 0, r.stdout + r.stderr
