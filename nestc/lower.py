@@ -295,15 +295,16 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
                      hint="use `every 1 tokens`, or drop `grad=retained` (the gradient at the state "
                           "before the gate, as Titans takes it)")
         return None
-    deep_ok = (box.update is None and obj.kind in ("l2", "dot", "lp", "huber", "expr")
-               and ret.kind in ("none", "gate") and opt.kind in ("gd", "momentum", "dgd")
-               and box.freq.inner == 1 and st.form in ("matrix", "mlp"))
+    blockers = _off_the_chunked_rules(box, obj, ret, opt)
+    deep_ok = not blockers
     delta_ok = (deep_ok and st.form == "matrix" and box.freq.period == 1 and opt.kind == "gd"
                 and obj.kind in ("l2", "dot") and not lss and box.grad_state == "chunk_start")
     # the chunked deep-memory rule takes every gradient at the (chunk-start) state before the
     # gate; a gradient at the gated state (Gated DeltaNet) has rules only for the delta rule and
     # linear attention, the general per-token rule otherwise
     if ret.grad_at == "retained" and not delta_ok:
+        blockers.append("`grad=retained` on a memory other than a matrix with an l2 or dot "
+                        "objective and gd")
         deep_ok = False
     if delta_ok:
         if obj.kind == "l2":
@@ -324,8 +325,29 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
                      "non-linear memory are not computed",
                      hint="use `read before` (the chunk-start state, causal) or `every 1 token`")
         return None
+    errors.warning(box.pos, f"box `{box.name}` runs token by token (the general rule, for "
+                   f"{blockers[0]}): its steps are slower than a chunked rule's, and a compiled "
+                   "step unrolls every token of a sequence",
+                   hint="for speed: an objective of M(k) with gd, momentum or dgd, and a gate (or "
+                        "none) as retention")
     return BoxPlan(box, "memory_general", "general fallback: per-token recurrence with torch.func "
                    "gradients", objective=obj, retention=ret, optimizer=opt, lss=lss)
+
+
+def _off_the_chunked_rules(box: BoxInfo, obj: ObjectiveForm, ret: RetentionForm,
+                           opt: OptimizerForm) -> list[str]:
+    """What keeps an in-context memory off the chunk-parallel rule, each said as the reason the
+    general per-token rule runs it instead; empty when that rule can take it."""
+    return [why for blocks, why in (
+        (box.update is not None, "an `update` rule"),
+        (box.state.form not in ("matrix", "mlp"), f"a {box.state.form} state"),
+        (opt.kind not in ("gd", "momentum", "dgd"), f"`optimizer {opt.kind}`"),
+        (ret.kind == "proximal", "`retention proximal(...)`"),
+        (ret.kind == "general", "a retention expression that is not a gate (c * M)"),
+        (obj.kind not in ("l2", "dot", "lp", "huber", "expr"), "an objective that reads M other "
+                                                               "than as M(k)"),
+        (box.freq.inner != 1, "inner steps per update"),
+    ) if blocks]
 
 
 def _call_start_unsupported(p: BoxPlan, errors: Collector) -> bool:
@@ -347,38 +369,12 @@ def _call_start_unsupported(p: BoxPlan, errors: Collector) -> bool:
     return True
 
 
-def _why_per_token(p: BoxPlan) -> str:
-    """What keeps a box off the chunked rules (it lowers to memory_general)."""
-    box, ret, opt = p.box, p.retention, p.optimizer
-    if box.update is not None:
-        return "an `update` rule"
-    if box.state.form == "vector":
-        return "a vector state"
-    if opt is not None and opt.kind == "adam":
-        return "`optimizer adam`"
-    if ret is not None and ret.kind == "proximal":
-        return "`retention proximal(...)`"
-    if ret is not None and ret.kind == "general":
-        return "a retention expression that is not a gate (c * M)"
-    if ret is not None and ret.grad_at == "retained":
-        return "`grad=retained` on a memory other than a matrix with an l2 or dot objective and gd"
-    if box.read == "after":
-        return "`read after`"
-    return "this combination of objective, retention and optimizer"
-
-
 def plan(program: Program, errors: Collector) -> dict[str, BoxPlan]:
     plans: dict[str, BoxPlan] = {}
     for q, b in program.boxes.items():
         p = _plan_box(b, errors)
         if p is not None and _call_start_unsupported(p, errors):
             p = None
-        if p is not None and p.rule == "memory_general":
-            errors.warning(b.pos, f"box `{b.name}` runs token by token (the general rule, for "
-                           f"{_why_per_token(p)}): its steps are slower than a chunked rule's, "
-                           "and a compiled step unrolls every token of a sequence",
-                           hint="for speed: an objective of M(k) with gd, momentum or dgd, and a "
-                                "gate (or none) as retention")
         if p is not None:
             plans[q] = p
     for opt in program.optimizers:

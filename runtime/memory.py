@@ -1119,7 +1119,6 @@ class GeneralMemory(DeepMemory):
         """NL Eq. 88 for one token: M <- M (gamma I - b a aᵀ) - c grad, per layer along its own
         input a (at the committed state), plus optional Titans-style momentum on the gradient."""
         ins = layer_inputs(W, t)
-        gamma = self._at(gate, t) if gate is not None else 1.0
         out, new_s = [], []
         for i, (m, g, a) in enumerate(zip(state["M"], grads, ins)):
             a = a[:, :, 0]  # [B,H,in]
@@ -1131,7 +1130,7 @@ class GeneralMemory(DeepMemory):
                 b = c = eta
             else:
                 b, c = 1.0, eta
-            kept = retain([m], t)[0] if retain is not None else gamma * m
+            kept = self._kept([m], t, retain, gate)[0]
             if decays:
                 kept = kept - b * torch.einsum("bhe,bhd->bhed", torch.einsum("bhed,bhd->bhe", m, a), a)
             if "S" in state:
