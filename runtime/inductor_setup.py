@@ -1,7 +1,7 @@
 """The adjustments nestc makes to inductor before it calls torch.compile.
 
 Each of the first five changes how long a compile takes, never the code it produces; the last
-mends a torch bug that made wrong code. Each lives in a module of its own with its own tests:
+two mend torch bugs that made wrong code. Each lives in a module of its own with its own tests:
 
 - `inductor_caches.widen`: memo caches for two index helpers large enough for a whole graph, and
   a shortcut for plain strided indexing;
@@ -15,7 +15,10 @@ mends a torch bug that made wrong code. Each lives in a module of its own with i
 - `subgraph_donation.keep_subgraph_inputs`: a compiled region's backward (loop modes "region"
   and "scan") no longer overwrites gradient buffers its caller still reads (torch 2.13 gave
   wrong gradients; fixed upstream in pytorch/pytorch#193960), and caches written without the
-  fix are not read.
+  fix are not read;
+- `subgraph_aliases.keep_aliased_inputs`: a region's output that is one of its inputs (a saved
+  tensor its backward reads) keeps that input's buffer from being reused while it is read
+  (torch 2.13 overwrote it: wrong gradients), and caches written without the fix are not read.
 
 `prepare_inductor()` applies all of them; every nestc path that compiles (the training step,
 the optimizer steps, the benchmark rows, the test session) calls it, so they all compile the same way.
@@ -27,6 +30,7 @@ from .autograd_cache import allow_custom_functions
 from .inductor_caches import widen
 from .inductor_tails import skip_empty_tails
 from .kernel_batching import batch_kernel_builds
+from .subgraph_aliases import keep_aliased_inputs
 from .subgraph_donation import keep_subgraph_inputs
 from .vec_isa_probes import probe_vec_isas_ahead
 
@@ -37,4 +41,5 @@ def prepare_inductor() -> dict[str, bool]:
             "empty_tails_skipped": skip_empty_tails(),
             "vec_isa_probes_ahead": probe_vec_isas_ahead(),
             "custom_functions_cached": allow_custom_functions(),
-            "subgraph_inputs_kept": keep_subgraph_inputs()}
+            "subgraph_inputs_kept": keep_subgraph_inputs(),
+            "region_output_aliases_kept": keep_aliased_inputs()}

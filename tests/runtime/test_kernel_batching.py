@@ -154,7 +154,8 @@ def test_prepare_inductor_applies_every_compile_time_adjustment():
     active = prepare_inductor()
     assert active == {"wide_index_caches": True, "batched_kernel_builds": True,
                       "empty_tails_skipped": True, "vec_isa_probes_ahead": True,
-                      "custom_functions_cached": True, "subgraph_inputs_kept": True}
+                      "custom_functions_cached": True, "subgraph_inputs_kept": True,
+                      "region_output_aliases_kept": True}
     from torch._inductor.async_compile import AsyncCompile
 
     assert getattr(AsyncCompile, kernel_batching._PATCHED)
