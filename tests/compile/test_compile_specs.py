@@ -297,6 +297,51 @@ def test_novel_memories_compiled_meta_gradients_equal_eager():
     assert sum("init_weights" in n for n in compared) == 6  # every meta-learned initial state
 
 
+# a memory read twice (so its block runs a chunk loop), with no gate and a constant momentum:
+# the chunk loop's region saves running sums of constants for its backward
+TWO_READS_SPEC = """spec two_reads "an MLP memory read twice, no gate, constant momentum"
+param d_model = 16
+param heads   = 2
+block layer {
+    box mem : memory {
+        heads     heads
+        state     mlp(8, depth=2, expansion=2)
+        keys      l2norm(linear(in, d_model), groups=heads)
+        values    linear(in, d_model)
+        lr        0.5 * sigmoid(linear(in, heads))
+        objective l2(M(k), v)
+        optimizer momentum(0.9)
+        every     4 tokens
+    }
+    let h = rmsnorm(x)
+    let a = read_before(mem, h)
+    x = x + linear(a + read_before(mem, rmsnorm(a)), d_model)
+}
+model {
+    dim d_model
+    repeat 1 { layer }
+}
+"""
+
+
+@pytest.mark.slow
+def test_region_mode_on_a_memory_read_twice_gives_eager_gradients(request):
+    """Loop mode "region" on a chunk loop whose region saves tensors of two kinds torch 2.13's
+    inductor mishandled: a running sum of a constant (its rewrite into a broadcast made the
+    region's calls disagree on a layout: "subgraph args must have consistent values!"; now a
+    product, runtime/memory.py `_cumsum_tokens`), and an input of the region (the state a
+    chunk starts from), whose buffer the outer graph reused while the backward still read it
+    (runtime/subgraph_aliases.py). Both failed at e99c7e8
+    (benchmarks/results/amd_epyc/region_two_reads/)."""
+    from nestc.runtime.ops import set_loop_mode
+
+    set_loop_mode("region")
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
+    c = nestc.compile("two_reads.nest", text=TWO_READS_SPEC)
+    compared = _compiled_step_equals_eager(c, length=16)
+    assert "layers.0.box_mem.init_weights.0" in compared
+
+
 def _assert_eager_gradients(model, eager, compiled) -> list[str]:
     """Every parameter's compiled gradient equals eager's (None or zero where eager has none);
     returns the names of the parameters compared."""
