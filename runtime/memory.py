@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels.delta import delta_rule, delta_rule_step
+from .ops import _as_carried, _ContiguousGrad, _grad_anchor, _TiedToState
 
 LOG_FLOOR = -80.0  # log of a gate that is (numerically) zero; exp(-80) underflows cleanly
 # grad_state call_start (DeepMemory._parallel): up to this many chunks per call, the chunk-start
@@ -1066,19 +1067,59 @@ class GeneralMemory(DeepMemory):
 
     def forward(self, state: dict, *, length: int, loss=None, lr=1.0, gate=None, beta=None,
                 retain=None, update=None, query: Tensor | None = None, flush: bool = False,
-                layer_inputs: Callable | None = None, proximal=None):
-        """`proximal`: the weight w of `retention proximal(w)`, a constant or [B, H, T]: each
-        token's objective gains w/2 |W - W_0|², W_0 the box's initial state (its `init`)."""
+                layer_inputs: Callable | None = None, proximal=None, streams: dict | None = None,
+                owner: nn.Module | None = None):
+        """`streams`: the box's named streams per head ({name: [B, H, T, w]}, or constants); the
+        spec's closures read one token's slice of them, z = {name: [B, H, 1, w]}: `loss(W, z)`
+        (the objective at weights W), `retain(Ms, z)`, `update(W, z)`, `layer_inputs(W, z)`.
+        `proximal`: the weight w of `retention proximal(w)`, a constant or [B, H, T]: each
+        token's objective gains w/2 |W - W_0|², W_0 the box's initial state (its `init`).
+        `owner`: the block whose methods those functions are (generated code's are), if any.
+
+        Each token's step (and the reads it makes) is one call of `_token_step`, a compiled region:
+        under torch.compile dynamo traces it once and inductor lowers it once, where an unrolled
+        loop traced every token's torch.func gradients again (a compile about 3.5 s per token)."""
+        streams = streams or {}
+        fns = _by_name((loss, retain, update, layer_inputs), owner)
+        per_token = {"lr": lr, "gate": gate, "beta": beta, "proximal": proximal}
         outs = []
         for s, e, completes in segments(length, self.s.period, state["offset"]):
-            W = state["W"]
-            if query is not None and self.s.read == "before":
-                outs.append(self.apply(W, query[:, :, s:e]))
             for t in range(s, e):
-                state = self._token(state, W, t, loss, lr, gate, beta, retain, update, layer_inputs,
-                                    proximal)
+                reads = {}
+                if query is not None and self.s.read == "before" and t == s:
+                    reads["before"] = query[:, :, s:e]
                 if query is not None and self.s.read == "after":
-                    outs.append(self.apply(state["M"], query[:, :, t:t + 1]))
+                    reads["after"] = query[:, :, t:t + 1]
+                # as every call sees them: contiguous (the initial state is broadcast over the
+                # batch) and requiring grad where the state after a token will (zero moments at the
+                # start do not); W only where it is not the running state M (a region's inputs may
+                # not be one tensor twice), else None
+                anchor = _grad_anchor([*state["M"], *streams.values(), *per_token.values(), *self.parameters()])
+                carried = {k: [_as_carried(x, anchor) for x in state[k]] for k in ("M", "S", "m1", "m2") if k in state}
+                committed = all(w is m for w, m in zip(state["W"], state["M"]))
+                W = None if committed else [w.contiguous() for w in state["W"]]
+                coeffs = {k: self._at(v, t) for k, v in per_token.items() if v is not None}
+                if self.adam is not None:  # bias corrections as tensors: one region for every step count
+                    n = state["steps"] + 1
+                    b1, b2, _ = self.adam
+                    like = carried["M"][0]
+                    coeffs["bc1"] = torch.full((), 1 - b1 ** n, dtype=like.dtype, device=like.device)
+                    coeffs["bc2"] = torch.full((), 1 - b2 ** n, dtype=like.dtype, device=like.device)
+                    state = dict(state, steps=n)
+                z = {k: _slice_time(v, t, t + 1) for k, v in streams.items()}
+                flat = _token_step(self, fns, carried, W, z, coeffs, reads)
+                for i, k in enumerate(carried):  # (M, S, m1, m2 as kept; then the reads)
+                    state = dict(state, **{k: list(flat[i * len(carried[k]):(i + 1) * len(carried[k])])})
+                new_state, read = flat[:len(carried) * len(carried["M"])], flat[len(carried) * len(carried["M"]):]
+                for j, v in enumerate(read):
+                    # a copy whose gradient is a fresh row-major tensor, the same for every token:
+                    # the concatenation's would be a view at an offset that differs per token, and
+                    # each layout would cost a backward of the region traced again. The last
+                    # token's first read also gives its state a (zero) gradient, as every earlier
+                    # token's state gets one from the token after it. (With no read at the last
+                    # token, its call is dead code in training.)
+                    last = anchor is not None and t == length - 1 and j == 0
+                    outs.append(_TiedToState.apply(v, *(new_state if last else ())))
             state = _after_segment(state, e - s, self.s.period, completes, flush and e == length,
                                    self.recorder, self.s.name)
             state = self._maybe_reset(state)
@@ -1090,55 +1131,57 @@ class GeneralMemory(DeepMemory):
             return x[:, :, t][..., None, None]
         return x
 
-    def _kept(self, M: list[Tensor], t: int, retain, gate) -> list[Tensor]:
+    def _kept(self, M: list[Tensor], z: dict, retain, gate) -> list[Tensor]:
         """What the retention keeps of the state before this token's step."""
         if retain is not None:
-            return retain(M, t)
+            return retain(M, z)
         if gate is not None:
-            return [self._at(gate, t) * m for m in M]
+            return [gate * m for m in M]
         return M
 
-    def _token(self, state, W, t, loss, lr, gate, beta, retain, update, layer_inputs,
-               proximal=None) -> dict:
-        M = state["M"]
+    def step(self, fns, carried: dict, W: list[Tensor], z: dict, coeffs: dict) -> dict:
+        """One token's step: the carried state after it ({"M": ..., and "S", "m1", "m2" where the
+        optimizer keeps them}), from the committed weights W and the token's slices z and
+        coefficients (lr, gate, beta, proximal, and Adam's bias corrections bc1, bc2)."""
+        loss, retain, update, layer_inputs = fns
+        gate = coeffs.get("gate")
+        M = carried["M"]
         if update is not None:
             # a user-written rule: its increment at the committed state (NL Eq. 71), added to
             # what the retention keeps (as an optimizer box applies a rule to its kept state)
-            new = update(W, t)
-            M = [m + (n - w) for m, n, w in zip(self._kept(M, t, retain, gate), new, W)]
-            return dict(state, M=M)
+            new = update(W, z)
+            return dict(carried, M=[m + (n - w) for m, n, w in zip(self._kept(M, z, retain, gate), new, W)])
         if self.s.grad_at == "retained":  # at the gated state (every token, so W is M_{t-1})
-            W = self._kept(list(W), t, retain, gate)
-        grads = list(torch.func.grad(lambda ws: loss(ws, t, t + 1))(list(W)))
-        if proximal is not None:  # d/dW of w/2 |W - W_0|², at the state the gradients are taken at
-            w = self._at(proximal, t)
+            W = self._kept(list(W), z, retain, gate)
+        grads = list(torch.func.grad(lambda ws: loss(ws, z))(list(W)))
+        if "proximal" in coeffs:  # d/dW of w/2 |W - W_0|², at the state the gradients are taken at
+            w = coeffs["proximal"]
             grads = [g + w * (wt - w0) for g, wt, w0 in zip(grads, W, self._inits())]
         if self.s.grad == "stop":
             grads = [g.detach() for g in grads]
-        eta = self._at(lr, t)
+        eta = coeffs["lr"]
         opt = self.s.optimizer
         if opt == "dgd":
-            return self._dgd_token(state, W, t, grads, eta, gate, beta, retain, layer_inputs)
-        M = self._kept(M, t, retain, gate)
+            return self._dgd_step(carried, W, z, grads, eta, coeffs, retain, layer_inputs)
+        M = self._kept(M, z, retain, gate)
         if opt == "momentum":
-            S = [self._at(beta, t) * sv - eta * g for sv, g in zip(state["S"], grads)]
-            return dict(state, M=[m + sv for m, sv in zip(M, S)], S=S)
+            S = [coeffs["beta"] * sv - eta * g for sv, g in zip(carried["S"], grads)]
+            return dict(carried, M=[m + sv for m, sv in zip(M, S)], S=S)
         if self.adam is not None:
             b1, b2, eps = self.adam
-            n = state["steps"] + 1
-            m1 = [b1 * a + (1 - b1) * g for a, g in zip(state["m1"], grads)]
-            m2 = [b2 * a + (1 - b2) * g * g for a, g in zip(state["m2"], grads)]
-            M = [m - eta * (a / (1 - b1 ** n)) / (_root(c / (1 - b2 ** n)) + eps)
+            m1 = [b1 * a + (1 - b1) * g for a, g in zip(carried["m1"], grads)]
+            m2 = [b2 * a + (1 - b2) * g * g for a, g in zip(carried["m2"], grads)]
+            M = [m - eta * (a / coeffs["bc1"]) / (_root(c / coeffs["bc2"]) + eps)
                  for m, a, c in zip(M, m1, m2)]
-            return dict(state, M=M, m1=m1, m2=m2, steps=n)
-        return dict(state, M=[m - eta * g for m, g in zip(M, grads)])
+            return dict(carried, M=M, m1=m1, m2=m2)
+        return dict(carried, M=[m - eta * g for m, g in zip(M, grads)])
 
-    def _dgd_token(self, state, W, t, grads, eta, gate, beta, retain, layer_inputs) -> dict:
+    def _dgd_step(self, carried, W, z, grads, eta, coeffs, retain, layer_inputs) -> dict:
         """NL Eq. 88 for one token: M <- M (gamma I - b a aᵀ) - c grad, per layer along its own
         input a (at the committed state), plus optional Titans-style momentum on the gradient."""
-        ins = layer_inputs(W, t)
+        ins = layer_inputs(W, z)
         out, new_s = [], []
-        for i, (m, g, a) in enumerate(zip(state["M"], grads, ins)):
+        for i, (m, g, a) in enumerate(zip(carried["M"], grads, ins)):
             a = a[:, :, 0]  # [B,H,in]
             decays = self.s.dgd_decay_keys == "layer" or i == 0
             if self.s.dgd_step == "exact":
@@ -1148,19 +1191,56 @@ class GeneralMemory(DeepMemory):
                 b = c = eta
             else:
                 b, c = 1.0, eta
-            kept = self._kept([m], t, retain, gate)[0]
+            kept = self._kept([m], z, retain, coeffs.get("gate"))[0]
             if decays:
                 kept = kept - b * torch.einsum("bhe,bhd->bhed", torch.einsum("bhed,bhd->bhe", m, a), a)
-            if "S" in state:
-                sv = self._at(beta, t) * state["S"][i] - c * g
+            if "S" in carried:
+                sv = coeffs["beta"] * carried["S"][i] - c * g
                 new_s.append(sv)
                 out.append(kept + sv)
             else:
                 out.append(kept - c * g)
-        new = dict(state, M=out)
+        new = dict(carried, M=out)
         if new_s:
             new["S"] = new_s
         return new
+
+
+def _by_name(fns: tuple, owner: nn.Module | None) -> tuple:
+    """The spec's functions of a general-rule box as `_token_step` takes them: (the block, the
+    names of its methods) when they are methods of `owner`, as generated code's are -- dynamo
+    reuses a region only for arguments that are tensors, constants or modules, not functions --
+    else the functions themselves (a region traced again at every call, but right)."""
+    if owner is None:
+        return fns
+    return owner, tuple(None if f is None else f.__name__ for f in fns)
+
+
+@torch.compiler.nested_compile_region
+def _token_step(memory: GeneralMemory, fns: tuple, carried: dict, W: list[Tensor] | None, z: dict,
+                coeffs: dict, reads: dict) -> tuple[Tensor, ...]:
+    """One token of a general-rule memory as a compiled region (eagerly: a plain call): the carried
+    state after the token (each of carried's lists in turn, as one flat tuple: what a region that
+    dynamo reuses may return), then the reads asked for. W: the committed weights, None where they are
+    the running state carried["M"]. The reads (`reads`): "before", the segment's queries, read
+    at W; "after", the token's query, read at the new state. Dynamo traces it once for every call
+    alike (same closures, layouts and constants), so every token of every step shares one graph."""
+    out = []
+    # the gradients handed back for the carried state, contiguous: each token's then match the
+    # layout the next token's region gives its own (one backward for all tokens)
+    carried = {k: [_ContiguousGrad.apply(x) for x in xs] for k, xs in carried.items()}
+    W = carried["M"] if W is None else W
+    if isinstance(fns[0], nn.Module):  # (the block, the names of its methods): see `_by_name`
+        fns = tuple(None if n is None else getattr(fns[0], n) for n in fns[1])
+    if "before" in reads:
+        out.append(memory.apply(W, reads["before"]))
+    new = memory.step(fns, carried, W, z, coeffs)
+    if "after" in reads:
+        out.append(memory.apply(new["M"], reads["after"]))
+    # a region's output may not be one of its inputs: copy what came back unchanged
+    inputs = [x for xs in carried.values() for x in xs] + W
+    flat = [x for k in carried for x in new[k]]
+    return (*(x.clone() if any(x is y for y in inputs) else x for x in flat), *out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -494,11 +494,21 @@ class BlockGen:
         self.line(f"    return {body}")
         return fn
 
+    def _spec_method(self, base: str, params: str, source: str, body: str) -> str:
+        """One of a general-rule box's functions (objective, update, retention, DGD's layer
+        inputs) as a method of the block, returning `body`: it reads only `self` and its
+        arguments (z: one token's slice of each stream), so the box's compiled per-token region
+        can take it by name (runtime/memory.py `_token_step`). Returns `self.<name>`."""
+        name = self.sites.new(base)
+        self.methods += ["", f"    def {name}(self, {params}):  # {one_line(source)}", f"        return {body}"]
+        return f"self.{name}"
+
     def _general(self, ref, g, q, lr, gate, beta, out, flush) -> None:
         b, plan = ref.info, ref.plan
         h = b.heads
         gen = ref.gen
-        hnames = {n: f"R.tokens({v}, {h}, s, e)" for n, v in gen.items()}
+        # the closures read one token's slice of each stream: z[name], [B, H, 1, w] (GeneralMemory)
+        znames = {n: f"z[{n!r}]" for n in gen}
         if b.values is not None and _mentions_m(b.values):
             raise NestError.at(b.pos, f"box `{b.name}`: self-generated values with this objective, "
                                "retention or optimizer are not supported yet",
@@ -506,42 +516,38 @@ class BlockGen:
         if b.values is not None and _mentions_lss(b.values):
             raise NestError.at(b.pos, f"box `{b.name}`: `lss` values need the dot-product objective "
                                "and gd (one backprop step)")
-        loss = f"{b.name}_loss"
+        loss = "None"
         if b.objective is not None:
-            em = ExprEmitter(self.p, self.sites, self.inits, hnames, "heads", where=loss)
+            em = ExprEmitter(self.p, self.sites, self.inits, znames, "heads", where=f"{b.name}_loss")
             em.call_hook = lambda c: (f"self.{ref.attr}.apply(W, {em.emit(c.args[0])})" if c.func == "M" else None)
-            em.names = dict(hnames, M="W[0]")
-            self.line(f"def {loss}(W, s, e):  # {one_line(expr_str(b.objective))}")
-            self.line(f"    return ({em.emit(b.objective)}).sum()")
-        else:
-            loss = "None"
+            em.names = dict(znames, M="W[0]")
+            loss = self._spec_method(f"{b.name}_loss", "W, z", expr_str(b.objective),
+                                     f"({em.emit(b.objective)}).sum()")
         upd = "None"
         if b.update is not None:
-            tn = {n: f"R.tokens({v}, {h}, t, t + 1)" for n, v in gen.items()}
-            em = ExprEmitter(self.p, self.sites, self.inits, dict(tn, M="W[0]"), "heads", where=f"{b.name}_update")
+            em = ExprEmitter(self.p, self.sites, self.inits, dict(znames, M="W[0]"), "heads", where=f"{b.name}_update")
             em.call_hook = lambda c: (f"self.{ref.attr}.apply(W, {em.emit(c.args[0])})" if c.func == "M" else None)
-            self.line(f"def {b.name}_update(W, t):  # {one_line(expr_str(b.update))}")
-            self.line(f"    return [{em.emit(b.update)}]")
-            upd = f"{b.name}_update"
+            upd = self._spec_method(f"{b.name}_update", "W, z", expr_str(b.update), f"[{em.emit(b.update)}]")
         retain = "None"
         if plan.retention is not None and plan.retention.kind == "general":
-            tn = {n: f"R.tokens({v}, {h}, t, t + 1)" for n, v in gen.items()}
-            em = ExprEmitter(self.p, self.sites, self.inits, dict(tn, M="m"), "heads", where=f"{b.name}_retain")
-            self.line(f"def {b.name}_retain(Ms, t):  # {one_line(expr_str(b.retention))}")
-            self.line(f"    return [{em.emit(b.retention)} for m in Ms]")
-            retain = f"{b.name}_retain"
+            em = ExprEmitter(self.p, self.sites, self.inits, dict(znames, M="m"), "heads", where=f"{b.name}_retain")
+            retain = self._spec_method(f"{b.name}_retain", "Ms, z", expr_str(b.retention),
+                                       f"[{em.emit(b.retention)} for m in Ms]")
         inputs = "None"
         if plan.optimizer is not None and plan.optimizer.kind == "dgd":
-            kv = f"R.heads({g['k']}, {h})" if "k" in g else None
-            self.line(f"def {b.name}_inputs(W, t):  # each layer's input at the committed state")
-            self.line(f"    return [a for a, _ in mem.mlp_layer_grads(self.{ref.attr}.s.shape, W, "
-                      f"{kv}[:, :, t:t + 1], torch.zeros_like)[1]]")
-            inputs = f"{b.name}_inputs"
+            inputs = self._spec_method(f"{b.name}_inputs", "W, z", "each layer's input at the committed state",
+                                       f"[a for a, _ in mem.mlp_layer_grads(self.{ref.attr}.s.shape, W, "
+                                       "z['k'], torch.zeros_like)[1]]")
         length = f"R.heads({g['k']}, {h}).shape[2]" if "k" in g else "x.shape[1]"
         prox = f", proximal=R.per_head({g['proximal']}, {h})" if "proximal" in g else ""
+        read = set().union(*(self._names(e) for e in (b.objective, b.update, b.retention)))
+        if inputs != "None":
+            read.add("k")  # DGD's layer inputs
+        streams = ", ".join(f"{n!r}: R.heads({v}, {h})" for n, v in gen.items() if n in read)
         self.line(f"{out}, state[{ref.state_key!r}] = self.{ref.attr}(state[{ref.state_key!r}], "
                   f"length={length}, loss={loss}, lr={lr}, gate={gate}, beta={beta}, retain={retain}, "
-                  f"update={upd}, query={q}, flush={flush}, layer_inputs={inputs}{prox})")
+                  f"update={upd}, query={q}, flush={flush}, layer_inputs={inputs}{prox}, "
+                  f"streams={{{streams}}}, owner=self)")
 
     # -- statements --
     def statement(self, st: Statement, names: dict[str, str], in_loop: bool) -> None:

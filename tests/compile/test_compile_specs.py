@@ -212,6 +212,39 @@ def test_general_rule_compiled_meta_gradients_equal_eager():
     assert {"layers.0.box_adam_mem.init_weights.0", "layers.0.box_prox_mem.init_weights.0"} <= set(compared)
 
 
+@pytest.mark.parametrize("box", ["adam_mem", "prox_mem"])
+def test_general_rule_calls_one_region_for_every_token(box, monkeypatch):
+    """A compiled step runs each token of a general-rule box as a call of one region, traced once
+    with one backward, so its compile does not grow with the sequence (it unrolled every token's
+    torch.func gradients before: about 3.5 s per token). Adam's step count is a tensor to the
+    region, the reads' and the last token's gradients are laid out as every other token's
+    (runtime/memory.py `_token_step`). prox_mem is updated every 2 tokens: two regions, one for
+    the first token of each pair (which reads the memory, at the committed state it runs from)
+    and one for the second (no read; the committed state is not the running one there)."""
+    import re
+
+    keep = {"adam_mem": "x = x + linear(adam_mem(h), d_model)", "prox_mem": "x = x + linear(prox_mem(h), d_model)"}
+    spec = GENERAL_RULE_SPEC.replace("x = x + linear(adam_mem(h), d_model) + linear(prox_mem(h), d_model)", keep[box])
+    other = "prox_mem" if box == "adam_mem" else "adam_mem"
+    spec = re.sub(r"    box %s : memory \{.*?\n    \}\n" % other, "", spec, flags=re.S)
+    model = nestc.compile("general_one.nest", text=spec).model(50)
+    variants = backward_variants(monkeypatch)
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.debugging.aot_eager(gm, inputs)
+
+    x = torch.randint(0, 50, (2, 8))
+    torch.compile(lambda a, b: forward_loss(model, a, b, {}), backend=backend, fullgraph=True)(x, x).backward()
+    (gm,) = graphs
+    called = re.findall(r"invoke_subgraph\(\w+, '(\w+)'", gm.code)
+    regions = {"adam_mem": ["subgraph_0"], "prox_mem": ["subgraph_0", "subgraph_1"]}[box]
+    assert len(called) >= 7 and sorted(set(called)) == regions, called
+    assert sorted(variants) == [(r, 0) for r in regions], variants
+
+
 def _compiled_step_equals_eager(c, length: int) -> list[str]:
     """The training loss of a small model of `c` and every parameter's gradient, compiled
     (fullgraph) against eager; returns the names of the parameters compared."""

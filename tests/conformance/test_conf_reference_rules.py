@@ -306,10 +306,11 @@ def test_proximal_retention_pulls_towards_the_initial_state():
     k = torch.nn.functional.normalize(torch.randn(b, h, t, d, dtype=torch.float64), dim=-1)
     v, q = torch.randn(b, h, t, d, dtype=torch.float64), torch.randn(b, h, t, d, dtype=torch.float64)
 
-    def loss(W, s, e):
-        return ((torch.einsum("bhoi,bhti->bhto", W[0], k[:, :, s:e]) - v[:, :, s:e]) ** 2).sum()
+    def loss(W, z):  # z: one token's slice of each stream
+        return ((torch.einsum("bhoi,bhti->bhto", W[0], z["k"]) - z["v"]) ** 2).sum()
 
-    out, _ = box(box.initial_state(b), length=t, loss=loss, lr=0.5, query=q, proximal=0.4)
+    out, _ = box(box.initial_state(b), length=t, loss=loss, lr=0.5, query=q, proximal=0.4,
+                 streams={"k": k, "v": v})
     M0 = box._inits()[0].detach()
     M = M0.expand(b, h, d, d)
     expected = []
@@ -360,10 +361,10 @@ def test_inner_adam_equals_torch_adam_on_the_same_objective():
     w0 = box._inits()[0][:1].detach()
     box.init_weights[0].data = w0.clone()
 
-    def loss(W, s, e):
-        return ((torch.einsum("bhoi,bhti->bhto", W[0], k[:, :, s:e]) - v[:, :, s:e]) ** 2).sum()
+    def loss(W, z):
+        return ((torch.einsum("bhoi,bhti->bhto", W[0], z["k"]) - z["v"]) ** 2).sum()
 
-    out, _ = box(box.initial_state(1), length=t, loss=loss, lr=0.05, query=q)
+    out, _ = box(box.initial_state(1), length=t, loss=loss, lr=0.05, query=q, streams={"k": k, "v": v})
     W = w0[None].clone().requires_grad_()
     adam = torch.optim.Adam([W], lr=0.05, betas=(0.8, 0.95), eps=1e-6)
     expected = []
