@@ -326,8 +326,8 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
                      hint="use `read before` (the chunk-start state, causal) or `every 1 token`")
         return None
     errors.warning(box.pos, f"box `{box.name}` runs token by token (the general rule, for "
-                   f"{blockers[0]}): its steps are slower than a chunked rule's, and a compiled "
-                   "step unrolls every token of a sequence",
+                   f"{blockers[0]}): one small step per token, slower than a chunked rule's "
+                   "batched work on a whole chunk",
                    hint="for speed: an objective of M(k) with gd, momentum or dgd, and a gate (or "
                         "none) as retention")
     return BoxPlan(box, "memory_general", "general fallback: per-token recurrence with torch.func "
