@@ -1082,6 +1082,8 @@ class GeneralMemory(DeepMemory):
         streams = streams or {}
         fns = _by_name((loss, retain, update, layer_inputs), owner)
         per_token = {"lr": lr, "gate": gate, "beta": beta, "proximal": proximal}
+        # a tensor that requires grad where the tokens' states will (`ops._as_carried`)
+        anchor = _grad_anchor([*state["M"], *streams.values(), *per_token.values(), *self.parameters()])
         outs = []
         for s, e, completes in segments(length, self.s.period, state["offset"]):
             for t in range(s, e):
@@ -1094,7 +1096,6 @@ class GeneralMemory(DeepMemory):
                 # batch) and requiring grad where the state after a token will (zero moments at the
                 # start do not); W only where it is not the running state M (a region's inputs may
                 # not be one tensor twice), else None
-                anchor = _grad_anchor([*state["M"], *streams.values(), *per_token.values(), *self.parameters()])
                 carried = {k: [_as_carried(x, anchor) for x in state[k]] for k in ("M", "S", "m1", "m2") if k in state}
                 committed = all(w is m for w, m in zip(state["W"], state["M"]))
                 W = None if committed else [w.contiguous() for w in state["W"]]
