@@ -39,9 +39,13 @@ def class_name(qualname: str) -> str:
 
 
 def one_line(text: str) -> str:
-    """Spec text placed in a comment or docstring: printable, one line, no quote tricks."""
+    """Spec text placed in a comment or docstring: printable, one line, no quote tricks: its
+    backslashes doubled (in a docstring, `\\ ` or `\\N` would be an escape sequence: invalid,
+    or another character), no triple quote, and no quote at its end (where a docstring's closing
+    quotes follow)."""
     clean = "".join(ch if ch.isprintable() else " " for ch in text)
-    return clean.replace('"""', "'''").strip()
+    clean = clean.replace("\\", "\\\\").replace('"""', "'''").strip()
+    return clean[:-1] + '\\"' if clean.endswith('"') else clean
 
 
 class Sites:

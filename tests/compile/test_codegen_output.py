@@ -130,6 +130,30 @@ def test_spec_text_cannot_change_what_the_module_does(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("text", [HOSTILE, """spec o "SGD with a backslash \\\\ and a closing quote \\""
+param lr = 0.1
+box W : weights {
+    update W - lr * grad(W)
+}
+"""])
+def test_backslashes_and_quotes_in_spec_text_make_valid_python(text):
+    """A backslash in a title became `\\ ` in a docstring (an invalid escape: a warning now, an
+    error in later Pythons), and a title ending in a quote closed the optimizer class's
+    docstring early. The module compiles with warnings as errors, and its docstrings read the
+    title as written."""
+    import warnings
+
+    c = nestc.compile("hostile.nest", text=text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tree = ast.parse(c.source)
+        compile(tree, "generated", "exec")
+    title = c.program.title
+    docs = [ast.get_docstring(n, clean=False) or "" for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef))]
+    assert any(title.replace('"""', "'''") in d for d in docs), (title, docs)
+
+
 def test_an_optimizer_spec_named_like_a_runtime_alias_steps():
     """An optimizer spec `o` makes class `O_`, not `O` (the runtime's optimizer module, which
     its own step calls)."""
