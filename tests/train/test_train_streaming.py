@@ -4,6 +4,8 @@ logits and the final state of one call over the whole sequence."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,7 +21,22 @@ LENGTH = 40
 @pytest.mark.parametrize("spec", model_specs())
 def test_streaming_in_pieces_equals_one_call(spec):
     torch.manual_seed(0)
-    model = nestc.compile(spec, settings_for(spec)).model()
+    _assert_streams(nestc.compile(spec, settings_for(spec)).model())
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_general_rule_boxes_stream_in_pieces(every):
+    """examples/adam_memory.nest's Adam memory runs token by token (the general rule, each token
+    one call of `_token_step`): its moments, step count, committed state and segment offsets
+    carry across pieces, also when it commits every 3 tokens (pieces end mid-segment)."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "adam_memory.nest"
+    text = example.read_text().replace("every     1 tokens", f"every     {every} tokens")
+    assert f"every     {every} tokens" in text
+    torch.manual_seed(0)
+    _assert_streams(nestc.compile("adam_memory.nest", text=text).model())
+
+
+def _assert_streams(model):
     model.eval()
     b = 2
     x = torch.randint(0, 256, (b, LENGTH), generator=torch.Generator().manual_seed(1))
