@@ -295,21 +295,16 @@ def _log_gate(gate, like: Tensor) -> Tensor:
     return torch.log(gate.clamp_min(1e-35)).clamp_min(LOG_FLOOR)
 
 
-def _cumsum_tokens(log: Tensor, constant: bool) -> Tensor:
-    """The running sum over tokens (last axis) of a per-token log factor. A constant factor (a gate
-    or momentum written as a number, or none: zeros) is summed as a product with a triangle of
+def _cumsum_tokens(log: Tensor, factor) -> Tensor:
+    """The running sum over tokens (last axis) of the logs of `factor`, a gate or momentum. A
+    constant factor (a number, or None: no gate, zeros) is summed as a product with a triangle of
     ones: inductor rewrites the cumsum of a constant (`full`) into a broadcast, whose layout then
     differs between two calls of one compiled region that save it, and the region fails to
     compile ("subgraph args must have consistent values!"; loop mode "region")."""
-    if not constant:
+    if torch.is_tensor(factor):
         return torch.cumsum(log, dim=-1)
     n = log.shape[-1]
     return log @ torch.ones(n, n, dtype=log.dtype, device=log.device).triu()
-
-
-def _constants(*factors) -> tuple[bool, ...]:
-    """Which of the gate-like factors are constants (numbers or None), not per-token tensors."""
-    return tuple(not torch.is_tensor(f) for f in factors)
 
 
 def _as_tokens(x, like: Tensor) -> Tensor:
@@ -326,20 +321,21 @@ def _masked_exp(log: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, torch.exp(torch.where(mask, log, zeros)), zeros)
 
 
-def momentum_weights(theta: Tensor, lg: Tensor, lb: Tensor, constant: tuple[bool, bool] = (False, False)):
+def momentum_weights(theta: Tensor, lg: Tensor, lb: Tensor, factors: tuple | None = None):
     """The closed form of n tokens of GD with momentum and retention (Titans Eqs. 9-10, 13, 16-18):
 
         S_t = beta_t S_{t-1} - theta_t G_t,    M_t = gamma_t M_{t-1} + S_t
 
-    theta, lg = log gamma_t, lb = log beta_t: [..., n]; `constant` says which of lg, lb is a
-    constant (`_cumsum_tokens`). Returns the per-token weights w, u [..., n]
-    and the per-segment factors gam, c_s, b_n [...] with
+    theta, lg = log gamma_t, lb = log beta_t: [..., n]; `factors`: the gate and momentum they are
+    the logs of, where either may be a constant (`_cumsum_tokens`). Returns the per-token
+    weights w, u [..., n] and the per-segment factors gam, c_s, b_n [...] with
 
         M_n = gam M_0 + c_s S_0 - sum_s w_s G_s,    S_n = b_n S_0 - sum_s u_s G_s.
     """
-    cum = _cumsum_tokens(lg, constant[0])  # log Gamma_t
+    gamma, beta = factors if factors is not None else (lg, lb)
+    cum = _cumsum_tokens(lg, gamma)  # log Gamma_t
     total = cum[..., -1:]  # log Gamma_n
-    cb = _cumsum_tokens(lb, constant[1])  # log B_t
+    cb = _cumsum_tokens(lb, beta)  # log B_t
     n = lg.shape[-1]
     # R[r, s] = (Gamma_n / Gamma_r) (B_r / B_s) for s <= r: how much of token s's step
     # reaches the end of the segment through the momentum and then the retention
@@ -615,7 +611,7 @@ class DeepMemory(nn.Module):
         nothing reads it, as in training)."""
         T, c = keys.shape[2], self.s.period
         theta = _as_tokens(lr, keys)  # [B,H,T]
-        cum = None if gate is None else _cumsum_tokens(_log_gate(gate, keys), not torch.is_tensor(gate))  # log Γ_t
+        cum = None if gate is None else _cumsum_tokens(_log_gate(gate, keys), gate)  # log Γ_t
         w0 = state["W"]
         A: list = [None] * len(w0)
         U: list = [None] * len(w0)
@@ -679,9 +675,9 @@ class DeepMemory(nn.Module):
         momentum = self.s.optimizer == "momentum" and beta is not None
         if momentum:
             lb = per_chunk(_log_gate(beta, a0))
-            w, u, _, kappa, _ = momentum_weights(theta, lg, lb, _constants(gate, beta))
+            w, u, _, kappa, _ = momentum_weights(theta, lg, lb, (gate, beta))
         else:  # plain GD with retention
-            cum = _cumsum_tokens(lg, not torch.is_tensor(gate))
+            cum = _cumsum_tokens(lg, gate)
             w = theta * torch.exp(cum[..., -1:] - cum)
 
         def chunk_sums(weights, d, a):  # [B, H, N, out, in]
@@ -863,14 +859,14 @@ class DeepMemory(nn.Module):
         a0 = layers[0][0]
         theta = _as_tokens(lr, a0)  # [B,H,n]
         lg = _log_gate(gate, a0)  # log gamma_t
-        cum = _cumsum_tokens(lg, not torch.is_tensor(gate))  # log Gamma_t
+        cum = _cumsum_tokens(lg, gate)  # log Gamma_t
         total = cum[..., -1:]  # log Gamma_n
         opt = self.s.optimizer
         new_M, new_S = [], []
         if opt == "dgd":
             return self._advance_dgd(state, layers, theta, gate, lg, cum, total, pres)
         if opt == "momentum" and beta is not None:
-            w, u, gam, c_s, b_n = momentum_weights(theta, lg, _log_gate(beta, a0), _constants(gate, beta))
+            w, u, gam, c_s, b_n = momentum_weights(theta, lg, _log_gate(beta, a0), (gate, beta))
             for (a, d), m, s0 in zip(layers, state["M"], state["S"]):
                 grad_w, grad_u = weighted_sum(w, d, a), weighted_sum(u, d, a)
                 new_M.append(gam[..., None, None] * m + c_s[..., None, None] * s0 - grad_w)
@@ -1109,9 +1105,10 @@ class GeneralMemory(DeepMemory):
                     state = dict(state, steps=n)
                 z = {k: _slice_time(v, t, t + 1) for k, v in streams.items()}
                 flat = _token_step(self, fns, carried, W, z, coeffs, reads)
-                for i, k in enumerate(carried):  # (M, S, m1, m2 as kept; then the reads)
-                    state = dict(state, **{k: list(flat[i * len(carried[k]):(i + 1) * len(carried[k])])})
-                new_state, read = flat[:len(carried) * len(carried["M"])], flat[len(carried) * len(carried["M"]):]
+                # (M, S, m1, m2 as kept, each one tensor per layer; then the reads)
+                layers, n = len(carried["M"]), len(carried) * len(carried["M"])
+                new_state, read = flat[:n], flat[n:]
+                state = dict(state, **{k: list(new_state[i * layers:(i + 1) * layers]) for i, k in enumerate(carried)})
                 for j, v in enumerate(read):
                     # a copy whose gradient is a fresh row-major tensor, the same for every token:
                     # the concatenation's would be a view at an offset that differs per token, and
