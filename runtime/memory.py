@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels.delta import delta_rule, delta_rule_step
-from .ops import _as_carried, _ContiguousGrad, _grad_anchor, _TiedToState
+from .ops import _as_carried, _ContiguousGrad, _grad_anchor, _TiedToState, scan
 
 LOG_FLOOR = -80.0  # log of a gate that is (numerically) zero; exp(-80) underflows cleanly
 # grad_state call_start (DeepMemory._parallel): up to this many chunks per call, the chunk-start
@@ -792,8 +792,6 @@ class DeepMemory(nn.Module):
                 and self.recorder is None and not (isinstance(s.reset, int) and not isinstance(s.reset, bool)))
 
     def _scan(self, state, keys, target, lr, gate, beta, query, out_grad):
-        from torch._higher_order_ops.scan import scan
-
         b, h, T = keys.shape[:3]
         c = self.s.period
 

@@ -150,9 +150,22 @@ def chunk_loop(body, state: dict, inputs: dict, period: int, anchor: str, carrie
     return state, {k: torch.cat(v, dim=1) for k, v in parts.items()}
 
 
-def _scan_loop(body, state: dict, inputs: dict, period: int, carried: list[str]):
-    from torch._higher_order_ops.scan import scan
+def scan(step, init, xs):
+    """torch's scan (`torch._higher_order_ops.scan`), with every output's gradient made dense on
+    its way back (`_ContiguousGrad`). In torch 2.13, inductor compiles a scan's backward loop for
+    the layout of the first incoming carry gradient; where that gradient is a broadcast (the
+    gradient of `final.sum()` in the same graph: stride 0), later iterations' carry gradients are
+    written in that layout too, and the gradients come out silently wrong (off by more than their
+    own size in tests/runtime/test_scan_grads.py). Dense gradients cost one copy per output."""
+    from torch._higher_order_ops.scan import scan as torch_scan
+    from torch.utils import _pytree as pytree
 
+    final, ys = torch_scan(step, init, xs)
+    dense = lambda x: _ContiguousGrad.apply(x) if torch.is_tensor(x) and x.requires_grad else x
+    return pytree.tree_map(dense, final), pytree.tree_map(dense, ys)
+
+
+def _scan_loop(body, state: dict, inputs: dict, period: int, carried: list[str]):
     t = next(iter(inputs.values())).shape[1]
     n = t // period
     tree = _Carry(state, carried)

@@ -74,6 +74,27 @@ def test_compiled_scan_equals_the_plain_loop_forward_and_backward(scan_mode):
     assert state["other"] == {"pos": 7}
 
 
+def _loss(x, weight, decay, scannable):
+    y, xo, state = _run(x, weight, decay, 4, scannable)
+    return y.square().sum() + xo.sum() + state["mem"]["W"].sum()
+
+
+@pytest.mark.slow
+def test_a_compiled_scan_with_its_loss_in_the_graph_gives_eager_gradients(scan_mode):
+    """The loss sums the final state and an output inside the compiled function, so their
+    gradients reach the scan as broadcasts (stride 0), which torch 2.13's scan alone gets wrong
+    (tests/runtime/test_scan_grads.py)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, requires_grad=True)
+    weight = torch.randn(8, 4, requires_grad=True)
+    decay = torch.tensor(0.9, requires_grad=True)
+    ref = torch.autograd.grad(_loss(x, weight, decay, scannable=False), [x, weight, decay])
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a, w, g: _loss(a, w, g, scannable=True), fullgraph=True)
+    for a, b in zip(torch.autograd.grad(fn(x, weight, decay), [x, weight, decay]), ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["scan", "unroll"])
 def test_the_compiled_loop_is_a_scan_or_unrolled(mode):
