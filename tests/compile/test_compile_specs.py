@@ -200,11 +200,17 @@ model {
 
 
 @pytest.mark.slow
-def test_general_rule_compiled_meta_gradients_equal_eager():
+@pytest.mark.parametrize("loops", ["unroll", "region"])
+def test_general_rule_compiled_meta_gradients_equal_eager(loops, request):
     """The general rule takes inner gradients with torch.func inside the compiled step; the
-    outer gradients through them equal eager's. (They did not while the rule read its state
+    outer gradients through them equal eager's, with the tokens as one scan (the default) and
+    as calls of one region (loop mode "region"). (They did not while the rule read its state
     through the custom autograd Function compiled steps use elsewhere: torch 2.13 gave wrong
     values for it inside torch.func.grad, the forward loss included.)"""
+    from nestc.runtime.ops import set_loop_mode
+
+    set_loop_mode(loops)
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
     c = nestc.compile("general_pair.nest", text=GENERAL_RULE_SPEC)
     assert "layer.adam_mem: memory_general" in c.module.__doc__
     assert "layer.prox_mem: memory_general" in c.module.__doc__
@@ -212,15 +218,9 @@ def test_general_rule_compiled_meta_gradients_equal_eager():
     assert {"layers.0.box_adam_mem.init_weights.0", "layers.0.box_prox_mem.init_weights.0"} <= set(compared)
 
 
-@pytest.mark.parametrize("box", ["adam_mem", "prox_mem"])
-def test_general_rule_calls_one_region_for_every_token(box, monkeypatch):
-    """A compiled step runs each token of a general-rule box as a call of one region, traced once
-    with one backward, so its compile does not grow with the sequence (it unrolled every token's
-    torch.func gradients before: about 3.5 s per token). Adam's step count is a tensor to the
-    region, the reads' and the last token's gradients are laid out as every other token's
-    (runtime/memory.py `_token_step`). prox_mem is updated every 2 tokens: two regions, one for
-    the first token of each pair (which reads the memory, at the committed state it runs from)
-    and one for the second (no read; the committed state is not the running one there)."""
+def _general_rule_graph(box: str) -> torch.fx.GraphModule:
+    """The compiled step's graph of GENERAL_RULE_SPEC with only `box`, over 8 tokens (traced
+    with aot_eager; the backward is run)."""
     import re
 
     keep = {"adam_mem": "x = x + linear(adam_mem(h), d_model)", "prox_mem": "x = x + linear(prox_mem(h), d_model)"}
@@ -228,7 +228,6 @@ def test_general_rule_calls_one_region_for_every_token(box, monkeypatch):
     other = "prox_mem" if box == "adam_mem" else "adam_mem"
     spec = re.sub(r"    box %s : memory \{.*?\n    \}\n" % other, "", spec, flags=re.S)
     model = nestc.compile("general_one.nest", text=spec).model(50)
-    variants = backward_variants(monkeypatch)
     torch._dynamo.reset()
     graphs = []
 
@@ -239,10 +238,140 @@ def test_general_rule_calls_one_region_for_every_token(box, monkeypatch):
     x = torch.randint(0, 50, (2, 8))
     torch.compile(lambda a, b: forward_loss(model, a, b, {}), backend=backend, fullgraph=True)(x, x).backward()
     (gm,) = graphs
+    return gm
+
+
+@pytest.mark.parametrize("box", ["adam_mem", "prox_mem"])
+def test_general_rule_tokens_are_one_scan(box):
+    """By default a compiled step runs a general-rule box's tokens as one scan, whose body (one
+    token's step and read) is traced once whatever the sequence's length (runtime/memory.py
+    `GeneralMemory._token_scan`): cold compiles of examples/adam_memory.nest stay near 30 s from
+    16 to 128 tokens (benchmarks/results/amd_epyc/general_rule/). prox_mem commits every 2 tokens,
+    inside the same scan."""
+    gm = _general_rule_graph(box)
+    assert gm.code.count("scan(") == 1 and "invoke_subgraph" not in gm.code, gm.code
+
+
+@pytest.mark.parametrize("box", ["adam_mem", "prox_mem"])
+def test_general_rule_calls_one_region_for_every_token(box, monkeypatch, request):
+    """In loop mode "region" a compiled step runs each token of a general-rule box as a call of
+    one region, traced once with one backward (its compile grows with the sequence by the calls
+    only). Adam's step count is a tensor to the
+    region, the reads' and the last token's gradients are laid out as every other token's
+    (runtime/memory.py `_token_step`). prox_mem is updated every 2 tokens: two regions, one for
+    the first token of each pair (which reads the memory, at the committed state it runs from)
+    and one for the second (no read; the committed state is not the running one there)."""
+    import re
+
+    from nestc.runtime.ops import set_loop_mode
+
+    set_loop_mode("region")
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
+    variants = backward_variants(monkeypatch)
+    gm = _general_rule_graph(box)
     called = re.findall(r"invoke_subgraph\(\w+, '(\w+)'", gm.code)
     regions = {"adam_mem": ["subgraph_0"], "prox_mem": ["subgraph_0", "subgraph_1"]}[box]
     assert len(called) >= 7 and sorted(set(called)) == regions, called
     assert sorted(variants) == [(r, 0) for r in regions], variants
+
+
+# four boxes of the general rule with what a token scan carries beside the running state: a
+# user-written update read after each token; momentum with proximal retention, committed every 3
+# tokens (a call of 8 ends mid-chunk); DGD with proximal retention every 2; Adam with a retained
+# gradient (at the gated state), read after each token
+GENERAL_VARIANTS_SPEC = """spec general_variants "four general-rule boxes with options the token scan must carry"
+param d_model = 16
+param heads   = 2
+param d_head  = d_model / heads
+block layer {
+    box hebb : memory {
+        heads     heads
+        state     matrix(d_head, d_head)
+        keys      l2norm(linear(in, d_model), groups=heads)
+        values    linear(in, d_model)
+        update    M + 0.1 * outer(v, k)
+        retention gate(sigmoid(linear(in, heads) + 2.0))
+        read      after
+    }
+    box mom_prox : memory {
+        heads     heads
+        state     mlp(d_head, depth=2, expansion=2)
+        init      meta
+        keys      l2norm(linear(in, d_model), groups=heads)
+        values    linear(in, d_model)
+        lr        0.3 * sigmoid(linear(in, heads))
+        objective huber(M(k), v, 0.5)
+        retention proximal(0.1)
+        optimizer momentum(sigmoid(linear(in, heads)))
+        every     3 tokens
+    }
+    box dgd_prox : memory {
+        heads     heads
+        state     matrix(d_head, d_head)
+        init      meta
+        keys      l2norm(linear(in, d_model), groups=heads)
+        values    linear(in, d_model)
+        lr        0.5 * sigmoid(linear(in, heads))
+        objective l2(M(k), v)
+        retention proximal(0.2)
+        optimizer dgd(step=paper, decay_keys=first)
+        every     2 tokens
+    }
+    box adam_gate : memory {
+        heads     heads
+        state     mlp(d_head, depth=2, expansion=2)
+        init      meta
+        keys      l2norm(linear(in, d_model), groups=heads)
+        values    linear(in, d_model)
+        lr        0.05
+        objective l2(M(k), v)
+        retention gate(sigmoid(linear(in, heads) + 3.0), grad=retained)
+        optimizer adam(0.9, 0.99, 1e-6)
+        every     1 tokens
+        read      after
+    }
+    let h = rmsnorm(x)
+    x = x + linear(combine(hebb(h), mom_prox(h), dgd_prox(h), adam_gate(h)), d_model)
+}
+model {
+    dim d_model
+    repeat 1 { layer }
+}
+"""
+
+
+@pytest.mark.slow
+def test_general_rule_variants_compiled_equal_eager_in_one_call_and_in_pieces():
+    """The token scan (the default under torch.compile) against the eager token-by-token loop:
+    the training loss and every gradient over 8 tokens, and a stream fed in pieces of 5 and 3
+    tokens (two compiled calls, the second starting mid-chunk, with moments, step counts and
+    committed states carried) against one eager call."""
+    c = nestc.compile("general_variants.nest", text=GENERAL_VARIANTS_SPEC)
+    assert c.module.__doc__.count(": memory_general") == 4
+    compared = _compiled_step_equals_eager(c, length=8)
+    assert sum("init_weights" in n for n in compared) == 6  # every meta-learned initial state
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = c.model(50).eval()
+    x = torch.randint(0, 50, (2, 8))
+    step = torch.compile(lambda a, s: model(a, s), fullgraph=True)
+    with torch.no_grad():
+        whole, whole_state = model(x)
+        state, outs = model.initial_state(2), []
+        for s, e in ((0, 5), (5, 8)):
+            out, state = step(x[:, s:e], state)
+            outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, 1), whole, rtol=1e-5, atol=1e-5)
+    for name, want in whole_state[0].items():  # every box's state, layer 0
+        got = state[0][name]
+        assert got.keys() == want.keys(), name
+        for key, w in want.items():
+            if torch.is_tensor(w) or isinstance(w, list):
+                for a, b in zip(got[key] if isinstance(w, list) else [got[key]], w if isinstance(w, list) else [w]):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name}.{key}")
+            else:
+                assert got[key] == w, (name, key)  # offsets (mom_prox: 2 into a chunk), positions, steps
 
 
 def _compiled_step_equals_eager(c, length: int) -> list[str]:
