@@ -287,7 +287,8 @@ def train(spec: str = typer.Argument(..., help="a spec file or a built-in name (
           loops: Optional[str] = typer.Option(None, "--loops", help="with --compile, how chunk loops "
                                               "trace: unroll (default: one graph per layer), call "
                                               "(each chunk a call of one compiled body: much "
-                                              "shorter compile), region or scan (see nestc bench)"),
+                                              "shorter compile), region or scan (see nestc bench; "
+                                              "also how a general-rule box runs its tokens)"),
           first_pass: Optional[str] = typer.Option(None, "--first-pass", help="with --compile, how the first pass of a model with lss boxes compiles: frozen (default: graphs of its own, faster steps) or shared (through the real pass's graphs: shorter compile, slower steps)"),
           seed: Optional[int] = typer.Option(None, help="random seed"),
           device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -381,7 +382,10 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
           loops: str = typer.Option("unroll", help="how the compiled step traces chunk loops: "
                                     "unroll (one graph per layer, longer compile), call (the loop between "
                                     "graphs, each chunk a call of one compiled body), scan (body traced "
-                                    "once) or region (unrolled calls of one compiled region)"),
+                                    "once) or region (unrolled calls of one compiled region). A box on "
+                                    "the general rule runs its tokens as one scan, or with region and "
+                                    "call as a region call per token (faster steps, a compile that "
+                                    "grows with the sequence)"),
           first_pass: str = typer.Option("frozen", "--first-pass", help="how the compiled step's first "
                                          "pass (models with lss boxes) compiles: frozen (graphs of its own, "
                                          "faster steps) or shared (through the real pass's graphs: shorter "

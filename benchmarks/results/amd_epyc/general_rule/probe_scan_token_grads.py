@@ -10,6 +10,11 @@ A scan would compile a general-rule box's tokens once, whatever the sequence (th
 region still puts one call per token in the graph). In torch 2.13 this compiles in seconds but
 inductor's gradients are wrong (0.81, 0.11, 0.06 of each one's largest entry at 8 tokens), with or
 without buffer reuse; aot_eager_decomp_partition's are right. See README.md beside this file.
+
+Later found (stop 39): the wrong gradients come from the loss's `final[0].sum()`, whose gradient
+reaches the scan as a broadcast (stride 0); inductor compiles the scan's backward loop for that
+layout. Without that term, or with nestc.runtime.ops.scan (dense output gradients), they are right.
+This probe is kept as it ran.
 """
 
 import sys, time, torch
