@@ -383,9 +383,9 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
                                     "unroll (one graph per layer, longer compile), call (the loop between "
                                     "graphs, each chunk a call of one compiled body), scan (body traced "
                                     "once) or region (unrolled calls of one compiled region). A box on "
-                                    "the general rule runs its tokens as one scan, or with region and "
-                                    "call as a region call per token (faster steps, a compile that "
-                                    "grows with the sequence)"),
+                                    "the general rule runs each token as a call of one region (a "
+                                    "compile that grows with the sequence), or with scan all its tokens "
+                                    "as one scan (a short compile, slower steps)"),
           first_pass: str = typer.Option("frozen", "--first-pass", help="how the compiled step's first "
                                          "pass (models with lss boxes) compiles: frozen (graphs of its own, "
                                          "faster steps) or shared (through the real pass's graphs: shorter "

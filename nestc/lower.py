@@ -327,7 +327,8 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
         return None
     errors.warning(box.pos, f"box `{box.name}` runs token by token (the general rule, for "
                    f"{blockers[0]}): one small step per token, slower than a chunked rule's "
-                   "batched work on a whole chunk",
+                   "batched work on a whole chunk; compiled, its compile grows with the sequence "
+                   "(`--loops scan`: one compile for any length, slower steps)",
                    hint="for speed: an objective of M(k) with gd, momentum or dgd, and a gate (or "
                         "none) as retention")
     return BoxPlan(box, "memory_general", "general fallback: per-token recurrence with torch.func "

@@ -1070,12 +1070,12 @@ class GeneralMemory(DeepMemory):
         token's objective gains w/2 |W - W_0|², W_0 the box's initial state (its `init`).
         `owner`: the block whose methods those functions are (generated code's are), if any.
 
-        Under torch.compile the tokens run as one scan (`_token_scan`), or in loop mode "region"
-        each token's step (and the reads it makes) as one call of `_token_step`, a compiled
-        region; either way dynamo traces one token's step once, where an unrolled loop traced every
-        token's torch.func gradients again (a compile about 3.5 s per token). Eager runs, and
-        the calls `_can_scan_tokens` turns away, take the loop below (each `_token_step` call
-        then a plain call): the reference the compiled forms are tested against."""
+        Under torch.compile each token's step (and the reads it makes) is one call of
+        `_token_step`, a compiled region, or in loop mode "scan" the tokens run as one scan
+        (`_token_scan`); either way dynamo traces one token's step once, where an unrolled loop
+        traced every token's torch.func gradients again (a compile about 3.5 s per token). Eager
+        runs take the loop below too (each `_token_step` call then a plain call): the reference
+        the compiled forms are tested against."""
         streams = streams or {}
         fns = _by_name((loss, retain, update, layer_inputs), owner)
         per_token = {"lr": lr, "gate": gate, "beta": beta, "proximal": proximal}
@@ -1119,7 +1119,12 @@ class GeneralMemory(DeepMemory):
                     # token's first read also gives its state a (zero) gradient, as every earlier
                     # token's state gets one from the token after it. (With no read at the last
                     # token, its call is dead code in training.)
-                    last = anchor is not None and t == length - 1 and j == 0
+                    # (Without grad there is no layout to keep, and dynamo 2.13 traced the
+                    # Function's forward under no_grad with its context as `v`: an error.)
+                    if anchor is None:
+                        outs.append(v)
+                        continue
+                    last = t == length - 1 and j == 0
                     outs.append(_TiedToState.apply(v, *(new_state if last else ())))
             state = _after_segment(state, e - s, self.s.period, completes, flush and e == length,
                                    self.recorder, self.s.name)
@@ -1127,18 +1132,18 @@ class GeneralMemory(DeepMemory):
         return (torch.cat(outs, dim=2) if outs else None), state
 
     def _can_scan_tokens(self, state: dict, length: int, streams: dict, per_token: dict, query) -> bool:
-        """Under torch.compile in loop mode "unroll" (the default) or "scan", a call of more than
-        one token runs its tokens as one scan (`_token_scan`): traced once, whatever the length.
-        In loop mode "region" each token is a call of one region instead (`_token_step`:
-        compiles in time that grows with the sequence, steps about 6% faster relative to eager
-        at 64 tokens, in benchmarks/results/amd_epyc/general_rule/); so in loop mode "call",
-        whose step compiles with graph breaks allowed, where torch 2.13's inductor cannot lower a
-        scan (DataDependentOutputException on the loop index). Not with the cadence audit's
-        recorder or resets after a token count (they act between tokens, in Python), nor where a
-        stream is not one slice per token."""
+        """Under torch.compile in loop mode "scan", a call of more than one token runs its tokens
+        as one scan (`_token_scan`): traced once, whatever the length, for steps 1.5-1.8x as
+        long as the region calls' (benchmarks/results/amd_epyc/general_rule/, in-process A/B at
+        64 and 128 tokens). In the other modes, the default "unroll" among them, each token is a
+        call of one region (`_token_step`): a compile that grows with the sequence, the faster
+        steps. (Loop mode "call" compiles with graph breaks allowed, where torch 2.13's inductor
+        cannot lower a scan at all: DataDependentOutputException on the loop index.) Not with
+        the cadence audit's recorder or resets after a token count (they act between tokens, in
+        Python), nor where a stream is not one slice per token."""
         from .ops import loop_mode
 
-        if not (torch.compiler.is_compiling() and loop_mode() in ("unroll", "scan") and length > 1):
+        if not (torch.compiler.is_compiling() and loop_mode() == "scan" and length > 1):
             return False
         if self.recorder is not None or (isinstance(self.s.reset, int) and not isinstance(self.s.reset, bool)):
             return False

@@ -87,7 +87,7 @@ def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int
 # such loop, by design: for Hope a third of "unroll"'s compile time, steps about 45% slower).
 # `nestc bench SPEC --loops MODE` measures them; the README reports them for Hope. Set by
 # make_loss_fns. A general-rule box's tokens (runtime/memory.py `GeneralMemory`) run as one scan
-# in modes "unroll" and "scan", and as calls of one region in "region" and "call".
+# in mode "scan" and as calls of one region in the others.
 LOOP_MODES = ("unroll", "scan", "region", "call")
 # Loop modes that do not compile under autocast (`--precision bf16`) in torch 2.13: inductor finds
 # products of float32 and bfloat16 operands in a region's body, and dynamo finds a scan's carry

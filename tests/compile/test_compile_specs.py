@@ -200,11 +200,11 @@ model {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loops", ["unroll", "region"])
+@pytest.mark.parametrize("loops", ["unroll", "scan"])
 def test_general_rule_compiled_meta_gradients_equal_eager(loops, request):
     """The general rule takes inner gradients with torch.func inside the compiled step; the
-    outer gradients through them equal eager's, with the tokens as one scan (the default) and
-    as calls of one region (loop mode "region"). (They did not while the rule read its state
+    outer gradients through them equal eager's, with the tokens as calls of one region (the
+    default) and as one scan (loop mode "scan"). (They did not while the rule read its state
     through the custom autograd Function compiled steps use elsewhere: torch 2.13 gave wrong
     values for it inside torch.func.grad, the forward loss included.)"""
     from nestc.runtime.ops import set_loop_mode
@@ -242,31 +242,31 @@ def _general_rule_graph(box: str) -> torch.fx.GraphModule:
 
 
 @pytest.mark.parametrize("box", ["adam_mem", "prox_mem"])
-def test_general_rule_tokens_are_one_scan(box):
-    """By default a compiled step runs a general-rule box's tokens as one scan, whose body (one
-    token's step and read) is traced once whatever the sequence's length (runtime/memory.py
-    `GeneralMemory._token_scan`): cold compiles of examples/adam_memory.nest stay near 30 s from
-    16 to 128 tokens (benchmarks/results/amd_epyc/general_rule/). prox_mem commits every 2 tokens,
-    inside the same scan."""
+def test_general_rule_tokens_are_one_scan(box, request):
+    """In loop mode "scan" a compiled step runs a general-rule box's tokens as one scan, whose
+    body (one token's step and read) is traced once whatever the sequence's length
+    (runtime/memory.py `GeneralMemory._token_scan`): cold compiles of examples/adam_memory.nest
+    stay within 25-44 s from 16 to 128 tokens (benchmarks/results/amd_epyc/general_rule/).
+    prox_mem commits every 2 tokens, inside the same scan."""
+    from nestc.runtime.ops import set_loop_mode
+
+    set_loop_mode("scan")
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
     gm = _general_rule_graph(box)
     assert gm.code.count("scan(") == 1 and "invoke_subgraph" not in gm.code, gm.code
 
 
 @pytest.mark.parametrize("box", ["adam_mem", "prox_mem"])
-def test_general_rule_calls_one_region_for_every_token(box, monkeypatch, request):
-    """In loop mode "region" a compiled step runs each token of a general-rule box as a call of
-    one region, traced once with one backward (its compile grows with the sequence by the calls
-    only). Adam's step count is a tensor to the
+def test_general_rule_calls_one_region_for_every_token(box, monkeypatch):
+    """By default a compiled step runs each token of a general-rule box as a call of one region,
+    traced once with one backward (its compile grows with the sequence by the calls only, about
+    0.8 s per token). Adam's step count is a tensor to the
     region, the reads' and the last token's gradients are laid out as every other token's
     (runtime/memory.py `_token_step`). prox_mem is updated every 2 tokens: two regions, one for
     the first token of each pair (which reads the memory, at the committed state it runs from)
     and one for the second (no read; the committed state is not the running one there)."""
     import re
 
-    from nestc.runtime.ops import set_loop_mode
-
-    set_loop_mode("region")
-    request.addfinalizer(lambda: set_loop_mode("unroll"))
     variants = backward_variants(monkeypatch)
     gm = _general_rule_graph(box)
     called = re.findall(r"invoke_subgraph\(\w+, '(\w+)'", gm.code)
@@ -341,11 +341,16 @@ model {
 
 
 @pytest.mark.slow
-def test_general_rule_variants_compiled_equal_eager_in_one_call_and_in_pieces():
-    """The token scan (the default under torch.compile) against the eager token-by-token loop:
-    the training loss and every gradient over 8 tokens, and a stream fed in pieces of 5 and 3
-    tokens (two compiled calls, the second starting mid-chunk, with moments, step counts and
-    committed states carried) against one eager call."""
+@pytest.mark.parametrize("loops", ["unroll", "scan"])
+def test_general_rule_variants_compiled_equal_eager_in_one_call_and_in_pieces(loops, request):
+    """The region calls (the default) and the token scan (loop mode "scan") against the eager
+    token-by-token loop: the training loss and every gradient over 8 tokens, and a stream fed
+    in pieces of 5 and 3 tokens (two compiled calls, the second starting mid-chunk, with
+    moments, step counts and committed states carried) against one eager call."""
+    from nestc.runtime.ops import set_loop_mode
+
+    set_loop_mode(loops)
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
     c = nestc.compile("general_variants.nest", text=GENERAL_VARIANTS_SPEC)
     assert c.module.__doc__.count(": memory_general") == 4
     compared = _compiled_step_equals_eager(c, length=8)
