@@ -161,9 +161,11 @@ def scan(step, init, xs):
     from torch._higher_order_ops.scan import scan as torch_scan
     from torch.utils import _pytree as pytree
 
+    def dense_grad(x):
+        return _ContiguousGrad.apply(x) if torch.is_tensor(x) and x.requires_grad else x
+
     final, ys = torch_scan(step, init, xs)
-    dense = lambda x: _ContiguousGrad.apply(x) if torch.is_tensor(x) and x.requires_grad else x
-    return pytree.tree_map(dense, final), pytree.tree_map(dense, ys)
+    return pytree.tree_map(dense_grad, final), pytree.tree_map(dense_grad, ys)
 
 
 def _scan_loop(body, state: dict, inputs: dict, period: int, carried: list[str]):
