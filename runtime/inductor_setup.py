@@ -22,6 +22,8 @@ two mend torch bugs that made wrong code. Each lives in a module of its own with
 
 `prepare_inductor()` applies all of them; every nestc path that compiles (the training step,
 the optimizer steps, the benchmark rows, the test session) calls it, so they all compile the same way.
+`mend_region_bugs()` applies the last two only; the models that need them (regions or scans in
+their compiled form) call it when they are built, so a user's own torch.compile gets them too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ from .kernel_batching import batch_kernel_builds
 from .subgraph_aliases import keep_aliased_inputs
 from .subgraph_donation import keep_subgraph_inputs
 from .vec_isa_probes import probe_vec_isas_ahead
+
+
+def mend_region_bugs() -> bool:
+    """The two fixes that mend wrong code (idempotent), for the models whose compiled form holds
+    regions or scans: a general-rule box (runtime/memory.py `GeneralMemory`, one region call per
+    token) and loop modes "region" and "scan" apply them themselves, so that a user's own
+    torch.compile of such a model, without `prepare_inductor()`, gets the gradients eager gives
+    (without them: 300x off in tests/compile/test_own_compile.py's case). True when both apply."""
+    return keep_subgraph_inputs() and keep_aliased_inputs()
 
 
 def prepare_inductor() -> dict[str, bool]:

@@ -1035,8 +1035,11 @@ class GeneralMemory(DeepMemory):
     """
 
     def __init__(self, settings: MemorySettings, adam: tuple[float, float, float] | None = None):
+        from .inductor_setup import mend_region_bugs
+
         super().__init__(settings)
         self.adam = adam
+        mend_region_bugs()  # its compiled form calls a region per token (or scans its tokens)
 
     def initial_state(self, batch: int) -> dict:
         state = super().initial_state(batch)

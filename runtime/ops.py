@@ -107,6 +107,10 @@ def set_loop_mode(mode: str, compile_options: dict | None = None) -> None:
     global _loop_mode, _body_options
     if mode not in LOOP_MODES:
         raise ValueError(f"loop mode must be one of {LOOP_MODES}, got {mode!r}")
+    if mode in ("region", "scan"):  # their compiled code needs these fixes (runtime/inductor_setup.py)
+        from .inductor_setup import mend_region_bugs
+
+        mend_region_bugs()
     _loop_mode = mode
     options = {"fullgraph": True, "dynamic": False, **(compile_options or {})}
     if options != _body_options:
