@@ -1143,10 +1143,12 @@ class GeneralMemory(DeepMemory):
         steps. (Loop mode "call" compiles with graph breaks allowed, where torch 2.13's inductor
         cannot lower a scan at all: DataDependentOutputException on the loop index.) Not with
         the cadence audit's recorder or resets after a token count (they act between tokens, in
-        Python), nor where a stream is not one slice per token."""
+        Python), nor where a stream is not one slice per token, nor without a query (generated
+        code always reads; a scan with no per-token output failed under torch.compile in torch
+        2.13: IndexError in its backward)."""
         from .ops import loop_mode
 
-        if not (torch.compiler.is_compiling() and loop_mode() == "scan" and length > 1):
+        if not (torch.compiler.is_compiling() and loop_mode() == "scan" and length > 1 and query is not None):
             return False
         if self.recorder is not None or (isinstance(self.s.reset, int) and not isinstance(self.s.reset, bool)):
             return False
@@ -1173,8 +1175,7 @@ class GeneralMemory(DeepMemory):
         xs = {"z": {k: tokens(v) for k, v in streams.items() if torch.is_tensor(v)},
               "c": {k: v.movedim(2, 0)[..., None, None] for k, v in per_token.items() if torch.is_tensor(v)},
               "commit": torch.tensor(commits, device=init["W"][0].device)}
-        if query is not None:
-            xs["q"] = tokens(query)
+        xs["q"] = tokens(query)
         like = init["W"][0]
         if self.adam is not None:  # bias corrections per token, from the steps so far
             b1, b2, _ = self.adam
@@ -1190,9 +1191,7 @@ class GeneralMemory(DeepMemory):
         def body(carry, x):
             W = list(carry["W"])
             new = self.step(fns, {k: list(carry[k]) for k in keys}, W, {**const_z, **x["z"]}, {**const_c, **x["c"]})
-            ys = ()
-            if "q" in x:
-                ys = self.apply(W if read == "before" else new["M"], x["q"]).clone()
+            ys = self.apply(W if read == "before" else new["M"], x["q"]).clone()
             out = {k: [v.clone(memory_format=torch.contiguous_format) for v in new[k]] for k in keys}
             out["W"] = [torch.where(x["commit"], m, w) for m, w in zip(out["M"], W)]
             return out, ys
@@ -1203,8 +1202,7 @@ class GeneralMemory(DeepMemory):
         if self.adam is not None:
             state["steps"] += length
         state = _after_segment(state, length, period, commits[-1], flush, None, self.s.name)
-        out = ys.movedim(0, 2).flatten(2, 3) if query is not None else None  # [B, H, T, d]
-        return out, state
+        return ys.movedim(0, 2).flatten(2, 3), state  # [B, H, T, d]
 
     @staticmethod
     def _at(x, t: int):
