@@ -785,11 +785,17 @@ class DeepMemory(nn.Module):
 
     def _whole_chunks(self, state: dict, T: int) -> bool:
         """What the scan and the dual form both need: a call of whole chunks (more than one) from
-        a chunk boundary, and nothing only the per-segment loop does (the audit recorder, resets
-        after a token count, reads after the update)."""
+        a chunk boundary, and nothing only the per-segment loop does (`_acts_between_segments`,
+        reads after the update)."""
         s = self.s
         return (state["offset"] == 0 and T % s.period == 0 and T // s.period > 1 and s.read == "before"
-                and self.recorder is None and not (isinstance(s.reset, int) and not isinstance(s.reset, bool)))
+                and not self._acts_between_segments())
+
+    def _acts_between_segments(self) -> bool:
+        """Whether the per-segment loop does Python work between segments that no scan or batched
+        form can: the cadence audit's recorder, or a reset after a token count."""
+        r = self.s.reset
+        return self.recorder is not None or (isinstance(r, int) and not isinstance(r, bool))
 
     def _scan(self, state, keys, target, lr, gate, beta, query, out_grad):
         b, h, T = keys.shape[:3]
@@ -1025,6 +1031,11 @@ def _root(x: Tensor) -> Tensor:
     return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
+# what a general-rule box's state carries from token to token: the running weights, momentum, and
+# Adam's two moments (those its optimizer keeps)
+CARRIED = ("M", "S", "m1", "m2")
+
+
 class GeneralMemory(DeepMemory):
     """Per-token recurrence inside each chunk, gradients by torch.func (rule memory_general).
 
@@ -1098,16 +1109,15 @@ class GeneralMemory(DeepMemory):
                 # batch) and requiring grad where the state after a token will (zero moments at the
                 # start do not); W only where it is not the running state M (a region's inputs may
                 # not be one tensor twice), else None
-                carried = {k: [_as_carried(x, anchor) for x in state[k]] for k in ("M", "S", "m1", "m2") if k in state}
+                carried = {k: [_as_carried(x, anchor) for x in state[k]] for k in CARRIED if k in state}
                 committed = all(w is m for w, m in zip(state["W"], state["M"]))
                 W = None if committed else [w.contiguous() for w in state["W"]]
                 coeffs = {k: self._at(v, t) for k, v in per_token.items() if v is not None}
                 if self.adam is not None:  # bias corrections as tensors: one region for every step count
                     n = state["steps"] + 1
-                    b1, b2, _ = self.adam
                     like = carried["M"][0]
-                    coeffs["bc1"] = torch.full((), 1 - b1 ** n, dtype=like.dtype, device=like.device)
-                    coeffs["bc2"] = torch.full((), 1 - b2 ** n, dtype=like.dtype, device=like.device)
+                    for k, v in zip(("bc1", "bc2"), self._bias_corrections(n)):
+                        coeffs[k] = torch.full((), v, dtype=like.dtype, device=like.device)
                     state = dict(state, steps=n)
                 z = {k: _slice_time(v, t, t + 1) for k, v in streams.items()}
                 flat = _token_step(self, fns, carried, W, z, coeffs, reads)
@@ -1150,7 +1160,7 @@ class GeneralMemory(DeepMemory):
 
         if not (torch.compiler.is_compiling() and loop_mode() == "scan" and length > 1 and query is not None):
             return False
-        if self.recorder is not None or (isinstance(self.s.reset, int) and not isinstance(self.s.reset, bool)):
+        if self._acts_between_segments():
             return False
         tensors = [v for v in (*streams.values(), *per_token.values(), query) if torch.is_tensor(v)]
         return all(v.dim() >= 3 and v.shape[2] == length for v in tensors)
@@ -1164,26 +1174,24 @@ class GeneralMemory(DeepMemory):
         reads at its start state, as the loop makes them."""
         period, offset = self.s.period, state["offset"]
         commits = [(offset + t + 1) % period == 0 for t in range(length)]
-        keys = [k for k in ("M", "S", "m1", "m2") if k in state]
+        keys = [k for k in CARRIED if k in state]
         # fresh contiguous tensors: a scan's carry may not alias its input (W is often M)
         init = {k: [x.clone(memory_format=torch.contiguous_format) for x in state[k]] for k in keys}
         init["W"] = [w.clone(memory_format=torch.contiguous_format) for w in state["W"]]
+        like = init["W"][0]
 
         def tokens(x):  # [B, H, T, ...] -> [T, B, H, 1, ...]: token t's slice as the loop cuts it
             return x.movedim(2, 0).unsqueeze(3)
 
         xs = {"z": {k: tokens(v) for k, v in streams.items() if torch.is_tensor(v)},
               "c": {k: v.movedim(2, 0)[..., None, None] for k, v in per_token.items() if torch.is_tensor(v)},
-              "commit": torch.tensor(commits, device=init["W"][0].device)}
+              "commit": torch.tensor(commits, device=like.device)}
         xs["q"] = tokens(query)
-        like = init["W"][0]
         if self.adam is not None:  # bias corrections per token, from the steps so far
-            b1, b2, _ = self.adam
-            n = [state["steps"] + t + 1 for t in range(length)]
-            xs["c"]["bc1"] = torch.tensor([1 - b1 ** i for i in n], dtype=like.dtype, device=like.device)
-            xs["c"]["bc2"] = torch.tensor([1 - b2 ** i for i in n], dtype=like.dtype, device=like.device)
-        if isinstance(fns[0], nn.Module):  # (the block, the names of its methods): see `_by_name`
-            fns = tuple(None if n is None else getattr(fns[0], n) for n in fns[1])
+            per_step = [self._bias_corrections(state["steps"] + t + 1) for t in range(length)]
+            for k, vs in zip(("bc1", "bc2"), zip(*per_step)):
+                xs["c"][k] = torch.tensor(vs, dtype=like.dtype, device=like.device)
+        fns = _resolved(fns)
         const_z = {k: v for k, v in streams.items() if not torch.is_tensor(v)}
         const_c = {k: v for k, v in per_token.items() if v is not None and not torch.is_tensor(v)}
         read = self.s.read
@@ -1203,6 +1211,11 @@ class GeneralMemory(DeepMemory):
             state["steps"] += length
         state = _after_segment(state, length, period, commits[-1], flush, None, self.s.name)
         return ys.movedim(0, 2).flatten(2, 3), state  # [B, H, T, d]
+
+    def _bias_corrections(self, n: int) -> tuple[float, float]:
+        """Adam's bias corrections 1 - beta1^n and 1 - beta2^n at its n-th step."""
+        b1, b2, _ = self.adam
+        return 1 - b1 ** n, 1 - b2 ** n
 
     @staticmethod
     def _at(x, t: int):
@@ -1295,6 +1308,13 @@ def _by_name(fns: tuple, owner: nn.Module | None) -> tuple:
     return owner, tuple(None if f is None else f.__name__ for f in fns)
 
 
+def _resolved(fns: tuple) -> tuple:
+    """`_by_name`'s result as the functions again."""
+    if isinstance(fns[0], nn.Module):
+        return tuple(None if n is None else getattr(fns[0], n) for n in fns[1])
+    return fns
+
+
 @torch.compiler.nested_compile_region
 def _token_step(memory: GeneralMemory, fns: tuple, carried: dict, W: list[Tensor] | None, z: dict,
                 coeffs: dict, reads: dict) -> tuple[Tensor, ...]:
@@ -1309,8 +1329,7 @@ def _token_step(memory: GeneralMemory, fns: tuple, carried: dict, W: list[Tensor
     # layout the next token's region gives its own (one backward for all tokens)
     carried = {k: [_ContiguousGrad.apply(x) for x in xs] for k, xs in carried.items()}
     W = carried["M"] if W is None else W
-    if isinstance(fns[0], nn.Module):  # (the block, the names of its methods): see `_by_name`
-        fns = tuple(None if n is None else getattr(fns[0], n) for n in fns[1])
+    fns = _resolved(fns)
     if "before" in reads:
         out.append(memory.apply(W, reads["before"]))
     new = memory.step(fns, carried, W, z, coeffs)

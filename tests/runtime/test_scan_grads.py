@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch._higher_order_ops.scan import scan as torch_scan
-from torch._inductor.utils import fresh_cache
 
 from nestc.runtime import ops
+from torch_fixes import freshly_compiled  # tests/, beside conftest.py
 
 
 def _step(w, x):
@@ -33,9 +33,7 @@ def _gradients(fn):
 
 
 def _compiled_gradients(scan):
-    torch._dynamo.reset()
-    with fresh_cache():
-        return _gradients(torch.compile(lambda w, xs: _loss(scan, w, xs), backend="inductor", fullgraph=True))
+    return freshly_compiled(_gradients, lambda w, xs: _loss(scan, w, xs))
 
 
 @pytest.mark.slow

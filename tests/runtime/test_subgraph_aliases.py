@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch._inductor.utils import fresh_cache
 
 from nestc.runtime import subgraph_aliases
-from torch_fixes import fix_taken_out  # tests/, beside conftest.py
+from torch_fixes import fix_taken_out, freshly_compiled  # tests/, beside conftest.py
 
 
 def _step(w, x):
@@ -40,9 +39,7 @@ def _gradients(fn):
 
 
 def _compiled_gradients():
-    torch._dynamo.reset()
-    with fresh_cache():
-        return _gradients(torch.compile(lambda w, x: _loop(_region, w, x), backend="inductor", fullgraph=True))
+    return freshly_compiled(_gradients, lambda w, x: _loop(_region, w, x))
 
 
 @pytest.mark.slow
