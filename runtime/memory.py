@@ -1146,7 +1146,7 @@ class GeneralMemory(DeepMemory):
 
     def _can_scan_tokens(self, state: dict, length: int, streams: dict, per_token: dict, query) -> bool:
         """Under torch.compile in loop mode "scan", a call of more than one token runs its tokens
-        as one scan (`_token_scan`): traced once, whatever the length, for steps 1.5-1.8x as
+        as one scan (`_token_scan`): traced once, whatever the length, for steps 1.49-1.76x as
         long as the region calls' (benchmarks/results/amd_epyc/general_rule/, in-process A/B at
         64 and 128 tokens). In the other modes, the default "unroll" among them, each token is a
         call of one region (`_token_step`): a compile that grows with the sequence, the faster
