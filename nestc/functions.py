@@ -82,7 +82,8 @@ FUNCTIONS: dict[str, Fn] = {f.name: f for f in [
     # objectives (per token, summed over the last axis)
     _f("l2", "a b", "inner opt", "squared L2 distance sum((a - b) ** 2)"),
     _f("dot", "a b", "inner opt", "dot product sum(a * b); minimising -dot(M(k), v) is Hebbian"),
-    _f("lp", "a b p", "inner opt", "sum(abs(a - b) ** p)"),
+    _f("lp", "a b p", "inner opt", "sum(abs(a - b) ** p); in a memory box with p < 2, no gradient "
+       "flows from an element where a = b exactly (docs/paper-compliance.md, ambiguity 22)"),
     _f("huber", "a b delta", "inner opt", "Huber loss of a - b with threshold delta, summed"),
     _f("outer", "a b", "inner", "outer product a bᵀ (for update rules of matrix memories)"),
     # optimizer boxes

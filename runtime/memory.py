@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels.delta import delta_rule, delta_rule_step
-from .ops import _as_carried, _ContiguousGrad, _grad_anchor, _TiedToState, scan
+from .ops import _as_carried, _ContiguousGrad, _grad_anchor, _TiedToState, lp_grad, scan
 
 LOG_FLOOR = -80.0  # log of a gate that is (numerically) zero; exp(-80) underflows cleanly
 # grad_state call_start (DeepMemory._parallel): up to this many chunks per call, the chunk-start
@@ -238,7 +238,7 @@ def objective_grad(kind: str, scale: float, extra: float | Tensor | None = None)
         return lambda pred, target: scale * target.expand_as(pred)
     if kind == "lp":
         p = float(extra)
-        return lambda pred, target: (scale * p) * torch.sign(pred - target) * (pred - target).abs().pow(p - 1.0)
+        return lambda pred, target: scale * lp_grad(pred - target, p)
     if kind == "huber":
         return lambda pred, target: scale * torch.clamp(pred - target, -extra, extra)
     raise ValueError(kind)

@@ -70,6 +70,41 @@ def huber(d: Tensor, delta) -> Tensor:
     return torch.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta))
 
 
+# The lp objective |d|^p (spec function `lp`) and its gradient p sign(d) |d|^(p-1). For p < 2
+# the second derivative p (p-1) |d|^(p-2) is infinite at d = 0, and autograd's product there
+# (sign'(0) · |0|^(p-1) + sign(0) · ∞, i.e. 0 · ∞) is NaN. An outer gradient taken through an
+# inner update (a meta-gradient) goes through that second derivative, so one residual that is
+# exactly 0 (a zero-initialised memory meeting a ReLU value, a bf16 rounding) made every
+# gradient upstream NaN. Here, where d is exactly 0 and p < 2, the value is 0 (as it is) and no
+# derivative of any order flows: the singular element contributes nothing to the meta-gradient,
+# the convention sign(0) = 0 already makes for p = 1. Elsewhere both are the plain formulas.
+# (d is replaced by 1 in the branch `where` does not take, so that branch's derivatives stay
+# finite and 0 · ∞ never forms.) For p >= 2 nothing is singular and nothing changes.
+def _lp_regular(d: Tensor, p):
+    """Where |d|^p has finite derivatives of every order (d != 0, or p >= 2); None: everywhere."""
+    if not torch.is_tensor(p):
+        return None if p >= 2 else d != 0
+    return (d != 0) | (p >= 2)
+
+
+def abs_pow(d: Tensor, p) -> Tensor:
+    """|d| ** p, element-wise, without NaN derivatives at d = 0 (see above)."""
+    regular = _lp_regular(d, p)
+    if regular is None:
+        return d.abs() ** p
+    safe = torch.where(regular, d, torch.ones_like(d))
+    return torch.where(regular, safe.abs() ** p, torch.zeros_like(d))
+
+
+def lp_grad(d: Tensor, p) -> Tensor:
+    """d/dd |d|^p = p sign(d) |d|^(p-1), element-wise, without NaN derivatives at d = 0."""
+    regular = _lp_regular(d, p)
+    if regular is None:
+        return p * torch.sign(d) * d.abs() ** (p - 1)
+    safe = torch.where(regular, d, torch.ones_like(d))
+    return torch.where(regular, p * torch.sign(safe) * safe.abs() ** (p - 1), torch.zeros_like(d))
+
+
 def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int]]:
     """(start, end) of the pieces of a stream cut at a box's chunk boundaries."""
     from .memory import segments

@@ -481,7 +481,7 @@ class BlockGen:
             em = ExprEmitter(self.p, self.sites, self.inits, hnames, "heads", where=fn)
             extra = em.emit(obj.extra)
             if obj.kind == "lp":
-                body = f"{sc * 1.0!r} * {extra} * torch.sign(p - t) * (p - t).abs() ** ({extra} - 1)"
+                body = f"{sc * 1.0!r} * R.lp_grad(p - t, {extra})"
             else:
                 body = f"{sc!r} * torch.clamp(p - t, -{extra}, {extra})"
         else:  # any differentiable objective of M(k): torch.func on the prediction

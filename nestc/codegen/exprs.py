@@ -186,7 +186,7 @@ class ExprEmitter:
         if f == "dot":
             return f"({a[0]} * {a[1]}).sum(-1, keepdim=True)"
         if f == "lp":
-            return f"(({a[0]} - {a[1]}).abs() ** {a[2]}).sum(-1, keepdim=True)"
+            return f"R.abs_pow({a[0]} - {a[1]}, {a[2]}).sum(-1, keepdim=True)"
         if f == "huber":
             return f"R.huber({a[0]} - {a[1]}, {a[2]}).sum(-1, keepdim=True)"
         if f == "outer":

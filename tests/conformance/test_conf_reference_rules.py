@@ -29,10 +29,10 @@ BETA = "sigmoid(linear(in, heads))"
 
 def box_spec(*, state="matrix(d_head, d_head)", objective="l2(M(k), v)", retention=None,
              optimizer=None, every=1, read=None, init="zeros()", lr="0.5 * sigmoid(linear(in, heads))",
-             update=None, extra=()) -> str:
+             update=None, values="linear(in, d_model)", extra=()) -> str:
     """A one-box model: the box between an embedding and the output, a residual around it."""
     lines = ["heads heads", f"state {state}", f"init {init}",
-             "keys l2norm(linear(in, d_model), groups=heads)", "values linear(in, d_model)",
+             "keys l2norm(linear(in, d_model), groups=heads)", f"values {values}",
              f"every {every} tokens"]
     lines.append(f"lr {lr}")
     lines.append(f"objective {objective}" if update is None else f"update {update}")
@@ -128,6 +128,13 @@ CASES = [
     ("matrix-chunk-4", {"every": 4, "retention": f"decay({DECAY})"}, "deep_memory_chunked"),
     ("matrix-lp3-read-after", {"objective": "lp(M(k), v, 3)", "read": "read after"},
      "deep_memory_chunked"),
+    # p < 2 with residuals that are exactly 0 (a zero state reading ReLU values): the objective's
+    # second derivative is infinite there, and the meta-gradients were NaN (runtime/ops.py abs_pow)
+    ("matrix-lp1.5-zero-residuals", {"objective": "lp(M(k), v, 1.5)", "values": "relu(linear(in, d_model))",
+                                     "every": 2}, "deep_memory_chunked"),
+    ("mlp-relu-lp1.5-zero-residuals", {"state": "mlp(d_head, depth=2, expansion=2, act=relu, residual=false)",
+                                       "init": "zeros()", "objective": "lp(M(k), v, 1.5)",
+                                       "values": "relu(linear(in, d_model))", "every": 3}, "deep_memory_chunked"),
     ("titans", {"state": "mlp(d_head, depth=2, expansion=2)", "init": "meta", "every": 4,
                 "retention": f"decay({DECAY})", "optimizer": f"momentum({BETA})"}, "deep_memory_chunked"),
     ("mlp-huber", {"state": "mlp(d_head, depth=2, expansion=2, act=silu)", "init": "meta",
