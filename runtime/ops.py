@@ -196,13 +196,24 @@ def scan(step, init, xs):
     the layout of the first incoming carry gradient; where that gradient is a broadcast (the
     gradient of `final.sum()` in the same graph: stride 0), later iterations' carry gradients are
     written in that layout too, and the gradients come out silently wrong (off by more than their
-    own size in tests/runtime/test_scan_grads.py). Dense gradients cost one copy per output."""
+    own size in tests/runtime/test_scan_grads.py). Dense gradients cost one copy per output.
+
+    And an initial carry that needs no gradient (a memory's frozen or fixed initial state) while
+    the scan's inputs need one goes in requiring grad (`_as_carried`, one copy), as region and
+    call loops hand their first chunk its carry: torch 2.13's compiled scan otherwise gave wrong
+    gradients for the inputs (a memory's chunk loop from a state that needs no gradient, compiled
+    inside a model's layer; in a 2-layer Hope's frozen first pass, layer 0's signal was off by up
+    to a third of its entries' size, tests/compile/test_compile_specs.py
+    test_first_pass_signals_in_scan_mode_equal_eager_through_a_later_layer). Not reproduced in a
+    plain-torch scan of a few lines, so the trigger is narrower than "no gradient on the carry"."""
     from torch._higher_order_ops.scan import scan as torch_scan
     from torch.utils import _pytree as pytree
 
     def dense_grad(x):
         return _ContiguousGrad.apply(x) if torch.is_tensor(x) and x.requires_grad else x
 
+    anchor = _grad_anchor(pytree.tree_leaves((init, xs)))  # None without grad: then nothing changes
+    init = pytree.tree_map(lambda x: _as_carried(x, anchor) if torch.is_tensor(x) else x, init)
     final, ys = torch_scan(step, init, xs)
     return pytree.tree_map(dense_grad, final), pytree.tree_map(dense_grad, ys)
 
