@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels.delta import delta_rule, delta_rule_step
-from .ops import _as_carried, _ContiguousGrad, _grad_anchor, _TiedToState, lp_grad, scan
+from .ops import _as_carried, _ContiguousGrad, _grad_anchor, _TiedToState, guarded, lp_grad, scan
 
 LOG_FLOOR = -80.0  # log of a gate that is (numerically) zero; exp(-80) underflows cleanly
 # grad_state call_start (DeepMemory._parallel): up to this many chunks per call, the chunk-start
@@ -1027,8 +1027,7 @@ def _root(x: Tensor) -> Tensor:
     zero-initialised one), and the outer backward through sqrt would give inf * 0 = NaN there
     (d sqrt(x)/dx = inf times dx/dg = 2 (1 - b2) g = 0). The product itself stays bounded as g
     goes to 0 (its limit is sqrt(1 - b2) sign(g)), and 0 is its value at sign(0) = 0."""
-    positive = x > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+    return guarded(torch.sqrt, x, x > 0)
 
 
 # what a general-rule box's state carries from token to token: the running weights, momentum, and

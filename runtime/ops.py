@@ -70,6 +70,13 @@ def huber(d: Tensor, delta) -> Tensor:
     return torch.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta))
 
 
+def guarded(fn, x: Tensor, ok: Tensor) -> Tensor:
+    """fn(x) where `ok`, 0 elsewhere, with no derivative of any order flowing from the elements
+    outside `ok`: fn sees 1 there (the branch `where` does not take keeps finite derivatives, so
+    0 · ∞ never forms). For functions singular at a point (sqrt at 0, |d|^p below)."""
+    return torch.where(ok, fn(torch.where(ok, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
 # The lp objective |d|^p (spec function `lp`) and its gradient p sign(d) |d|^(p-1). For p < 2
 # the second derivative p (p-1) |d|^(p-2) is infinite at d = 0, and autograd's product there
 # (sign'(0) · |0|^(p-1) + sign(0) · ∞, i.e. 0 · ∞) is NaN. An outer gradient taken through an
@@ -79,30 +86,22 @@ def huber(d: Tensor, delta) -> Tensor:
 # derivative of any order flows: the singular element contributes nothing to the meta-gradient,
 # the convention sign(0) = 0 already makes for p = 1. Elsewhere both are the plain formulas.
 # (d is replaced by 1 in the branch `where` does not take, so that branch's derivatives stay
-# finite and 0 · ∞ never forms.) For p >= 2 nothing is singular and nothing changes.
-def _lp_regular(d: Tensor, p):
-    """Where |d|^p has finite derivatives of every order (d != 0, or p >= 2); None: everywhere."""
+# finite and 0 · ∞ never forms: `guarded`.) For p >= 2 nothing is singular and nothing changes.
+def _lp(fn, d: Tensor, p) -> Tensor:
+    """fn(d), guarded where |d|^p is singular (d = 0 and p < 2); plain where nothing is (p >= 2)."""
     if not torch.is_tensor(p):
-        return None if p >= 2 else d != 0
-    return (d != 0) | (p >= 2)
+        return fn(d) if p >= 2 else guarded(fn, d, d != 0)
+    return guarded(fn, d, (d != 0) | (p >= 2))
 
 
 def abs_pow(d: Tensor, p) -> Tensor:
     """|d| ** p, element-wise, without NaN derivatives at d = 0 (see above)."""
-    regular = _lp_regular(d, p)
-    if regular is None:
-        return d.abs() ** p
-    safe = torch.where(regular, d, torch.ones_like(d))
-    return torch.where(regular, safe.abs() ** p, torch.zeros_like(d))
+    return _lp(lambda x: x.abs() ** p, d, p)
 
 
 def lp_grad(d: Tensor, p) -> Tensor:
     """d/dd |d|^p = p sign(d) |d|^(p-1), element-wise, without NaN derivatives at d = 0."""
-    regular = _lp_regular(d, p)
-    if regular is None:
-        return p * torch.sign(d) * d.abs() ** (p - 1)
-    safe = torch.where(regular, d, torch.ones_like(d))
-    return torch.where(regular, p * torch.sign(safe) * safe.abs() ** (p - 1), torch.zeros_like(d))
+    return _lp(lambda x: p * torch.sign(x) * x.abs() ** (p - 1), d, p)
 
 
 def segment_bounds(length: int, period: int, offset: int) -> list[tuple[int, int]]:
