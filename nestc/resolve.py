@@ -1386,7 +1386,7 @@ class Resolver:
                     self.fail(e.pos, f"`{f}(...)` is only meaningful as the value of `{prop}`")
             if f in env.boxes:
                 self.fail(e.pos, f"box `{f}` cannot be read in {env.what}",
-                          hint="boxes are read in block statements and in other boxes' generators")
+                          hint="boxes are read in block statements (a box's generators can name a let that reads one)")
             self.fail(e.pos, f"unknown function `{f}`",
                       hint=did_you_mean(f, list(FUNCTIONS) + list(env.boxes) + ["M"]) or
                       "`nestc specs --functions` lists the built-in functions")
@@ -1407,6 +1407,13 @@ class Resolver:
 
     def _read(self, e: ir.Call, name: str, args, env: Env) -> tuple[ir.Expr, Ty]:
         b = env.boxes[name]
+        if env.scope == "gen" and env.box is not None:
+            # The block's schedule orders box reads by the statements that make them; a read
+            # inside another box's property has no statement, so it has no place in that order
+            # (and no input width for a box read nowhere else). A let says the same thing.
+            self.fail(e.pos, f"box `{name}` is read in {env.what}; boxes are read in the block's "
+                      "statements", hint=f"read it in a let and name that in the box: `let g = "
+                      f"{name}(...)` in the block, then `g` here")
         if b.kind == "weights":
             self.fail(e.pos, f"`{name}` is the weights box; it is not read like a memory")
         if b.kind == "memory" and b.state.form == "none":

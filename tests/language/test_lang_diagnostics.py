@@ -238,6 +238,28 @@ SEMANTIC = [
             x = x + rmsnorm(x)
         }
         """ + MODEL, [(3, 5, "box `mem` uses `in`, but it is never read, so `in` has no value")]),
+    # a read inside a box property has no statement to order it by: before this was an error,
+    # it passed `nestc check` and failed in the code generator ("read twice outside a chunk loop")
+    ("box_read_inside_another_box", """\
+        spec s
+        block layer {
+            box gen : memory {
+                state     matrix(16)
+                keys      in
+                values    in
+                objective l2(M(k), v)
+            }
+            box user : memory {
+                state     matrix(16)
+                keys      l2norm(gen(in))
+                values    in
+                objective l2(M(k), v)
+            }
+
+            x = x + gen(x) + user(x)
+        }
+        """ + MODEL, [(11, 26, "box `gen` is read in the keys of box `user`; boxes are read in "
+                      "the block's statements")]),
     ("like_of_an_unknown_box", """\
         spec s
         box m : memory like mm {}
@@ -578,6 +600,8 @@ HINTS = [
     ("like_of_an_unknown_box", "did you mean `m`?"),
     ("unknown_optimizer_in_train", "did you mean `adam` or `adamw`?"),
     ("unknown_block_in_repeat", "did you mean `layer`?"),
+    ("box_read_inside_another_box", "read it in a let and name that in the box: `let g = gen(...)` "
+     "in the block, then `g` here"),
     ("let_used_before_its_definition",
      "a block runs its statements in order: move the `let` above this statement"),
 ]
