@@ -370,7 +370,25 @@ def _call_start_unsupported(p: BoxPlan, errors: Collector) -> bool:
     return True
 
 
+def _check_prefix_reads(program: Program, errors: Collector) -> None:
+    """`attn(h, prefix=m)` prepends m's tokens to each segment (Titans MAC, Eqs. 21-23); without
+    a `segment` there is no segment to prepend them to, and runtime/attention.py refuses it."""
+    for block in program.blocks.values():
+        local = {program.boxes[q].name: program.boxes[q] for q in block.boxes if q in program.boxes}
+        for st in block.statements:
+            for c in ir.calls_in(st.value):
+                b = local.get(c.func)
+                if b is None or b.kind != "attention" or b.segment:
+                    continue
+                if any(k.name == "prefix" for k in c.kwargs):
+                    errors.error(c.pos, f"attention box `{b.name}` reads prefix tokens (`prefix=`), "
+                                 "which the compiler supports only in segments (Titans MAC: each "
+                                 "segment attends to its own prefix tokens)",
+                                 hint=f"add `segment N` to box `{b.name}`, or drop `prefix=`")
+
+
 def plan(program: Program, errors: Collector) -> dict[str, BoxPlan]:
+    _check_prefix_reads(program, errors)
     plans: dict[str, BoxPlan] = {}
     for q, b in program.boxes.items():
         p = _plan_box(b, errors)

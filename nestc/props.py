@@ -40,7 +40,8 @@ BOX_PROPS: dict[str, PropInfo] = {p.name: p for p in [
     _p("init", "memory", "initial state: zeros, identity, random(std), meta (meta-learned by the "
        "outer level), meta(BOX) or checkpoint(\"file.safetensors\", \"key\")", "init meta"),
     _p("reset", "memory", "when the state returns to its initial value: sequence (default for "
-       "in-context memories), never, or every(N) tokens", "reset sequence"),
+       "in-context memories), never, or a number of tokens N (`reset 512`: every N tokens)",
+       "reset sequence"),
     _p("context", "memory", "a named context stream this box learns from: grad(W) (the gradients "
        "of box W, an optimizer's context), lss (the local surprise signal), or any expression",
        "context g = grad(W)"),

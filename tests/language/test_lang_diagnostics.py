@@ -368,6 +368,19 @@ LEVELS_AND_COMPILER = [
         }
         """, [(3, 1, "these boxes update at the same frequency and each needs the others' "
                      "current state: a -> b -> a")]),
+    # passed `nestc check` and raised a ValueError from runtime/attention.py at the first step
+    ("attention_prefix_without_segments", """\
+        spec s
+        block layer {
+            box attn : attention {
+                heads 2
+            }
+
+            x = x + attn(x, prefix=rmsnorm(x))
+        }
+        """ + MODEL, [(7, 13, "attention box `attn` reads prefix tokens (`prefix=`), which the "
+                      "compiler supports only in segments (Titans MAC: each segment attends to "
+                      "its own prefix tokens)")]),
     ("chunk_sizes_do_not_nest", """\
         spec s
         block layer {
