@@ -144,8 +144,12 @@ def rope(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
     """Rotary position embedding of x [B, H, T, D] at integer positions [T]."""
     d = x.shape[-1]
     half = d // 2
-    freqs = base ** (-torch.arange(0, half, dtype=torch.float32, device=x.device) / half)
-    angles = positions.to(torch.float32)[:, None] * freqs[None, :]
+    # angles in float32 at least (bf16 positions past 256 would round), in float64 for a float64
+    # model: float32 tables made compiled and eager float64 attention differ by an ulp of
+    # float32 (~1e-7), the sin/cos of inductor's vector library against ATen's
+    table = torch.float64 if x.dtype == torch.float64 else torch.float32
+    freqs = base ** (-torch.arange(0, half, dtype=table, device=x.device) / half)
+    angles = positions.to(table)[:, None] * freqs[None, :]
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half: 2 * half]
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
