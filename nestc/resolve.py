@@ -1217,8 +1217,13 @@ class Resolver:
             if st.form == "vector":
                 return e, head(st.d_out)
             return e, Ty("state")
-        if n == "step" and env.scope in ("inner", "opt"):
+        if n == "step" and env.scope == "opt":
             return e, COUNTER
+        if n == "step" and env.scope == "inner":
+            # no lowering gives a memory's rules an update count (the code generator had none)
+            self.fail(e.pos, "`step` (an optimizer box's count of its updates) is not defined in "
+                      "a memory's rules", hint="write the rule without it (optimizer boxes, declared "
+                      "outside blocks, have it: Adam's bias correction in specs/adam.nest)")
         if n == "lss" and env.box is not None:
             if not env.allow_lss:
                 self.fail(e.pos, "`lss` (the local surprise signal) can only be a box's `values` "
@@ -1255,7 +1260,7 @@ class Resolver:
                                "this statement")
         visible = list(env.names) + list(self.values) + list(env.boxes)
         if env.box is not None:
-            visible += ["M"] + (["step"] if env.scope in ("inner", "opt") else [])
+            visible += ["M"] + (["step"] if env.scope == "opt" else [])
         hint = did_you_mean(n, visible)
         if hint is None and n in ("k", "v", "q", "lr"):
             hint = f"`{n}` is defined inside a box by its `{ {'k': 'keys', 'v': 'values', 'q': 'query', 'lr': 'lr'}[n] }` property"

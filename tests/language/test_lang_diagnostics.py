@@ -260,6 +260,21 @@ SEMANTIC = [
         }
         """ + MODEL, [(11, 26, "box `gen` is read in the keys of box `user`; boxes are read in "
                       "the block's statements")]),
+    # passed `nestc check`; the code generator then failed with an internal error
+    ("step_in_a_memory_rule", """\
+        spec s
+        block layer {
+            box m : memory {
+                state  matrix(16)
+                keys   in
+                values in
+                update M + 0.01 * step * outer(v - M(k), k)
+            }
+
+            x = x + m(rmsnorm(x))
+        }
+        """ + MODEL, [(7, 27, "`step` (an optimizer box's count of its updates) is not defined "
+                      "in a memory's rules")]),
     ("like_of_an_unknown_box", """\
         spec s
         box m : memory like mm {}
