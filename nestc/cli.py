@@ -358,7 +358,10 @@ def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint written by `
                                                           "checkpoint's own held-out split)"),
           batch: int = typer.Option(8, help="sequences per batch"),
           seq_len: Optional[int] = typer.Option(None, "--seq-len", help="tokens per sequence"),
-          max_batches: Optional[int] = typer.Option(None, "--max-batches"),
+          max_batches: Optional[int] = typer.Option(
+              None, "--max-batches", help="evaluate this many evenly spaced batches (default: all). "
+              "The trainer's held-out line is 8 batches of its own batch size: `--batch B "
+              "--max-batches 8` gives the same number"),
           device: str = typer.Option("auto", "--device", help=DEVICE_HELP)) -> None:
     """Perplexity of a trained model on held-out text."""
 
