@@ -98,3 +98,41 @@ def test_no_graph_breaks(variant):
     for higher_order in (False, True):
         options = dict(window=window, scale=scale, higher_order=higher_order)
         assert graph_breaks(causal_attention, **inputs, **options) == 0
+
+
+# ---------------------------------------------------------------------------- rotary embeddings
+
+def _rope_by_hand(x, positions, base=10000.0):
+    """Rotary embedding written out in float64: pair i of each vector (elements i and i + D/2)
+    turned by the angle position * base^(-i / (D/2))."""
+    half = x.shape[-1] // 2
+    i = torch.arange(half, dtype=torch.float64)
+    angle = positions.double()[:, None] * base ** (-i / half)
+    c, s = torch.cos(angle), torch.sin(angle)
+    a, b = x[..., :half], x[..., half:]
+    return torch.cat([a * c - b * s, a * s + b * c], dim=-1)
+
+
+def test_rope_of_a_float64_model_is_float64_eager_and_compiled():
+    """Its angle tables were float32 whatever the model's precision: a float64 model's positions
+    past a few hundred were off by ~1e-5, and compiled attention differed from eager by ~1e-7
+    (inductor's vector sin/cos against ATen's, an ulp of float32 apart)."""
+    from nestc.runtime.layers import rope
+
+    x = torch.randn(2, 3, 600, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(400, 1000)
+    eager = rope(x, positions)
+    torch._dynamo.reset()
+    compiled = torch.compile(rope, fullgraph=True)(x, positions)
+    torch.testing.assert_close(eager, _rope_by_hand(x, positions), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+
+
+def test_rope_of_a_float32_model_keeps_float32_tables():
+    from nestc.runtime.layers import rope
+
+    x = torch.randn(1, 1, 300, 8, generator=torch.Generator().manual_seed(1))
+    positions = torch.arange(300)
+    out = rope(x, positions)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, _rope_by_hand(x.double(), positions).float(), rtol=1e-4, atol=1e-4)
