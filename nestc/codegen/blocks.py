@@ -101,6 +101,32 @@ class BlockGen:
         exprs = [getattr(b, f) for f in BOX_FIELDS] + list(b.contexts.values())
         return [e for e in exprs if e is not None]
 
+    def _close_groups(self, loops: list[set], stmts: list[Statement], reads: dict[str, list[int]]) -> list[set]:
+        """Loop groups closed under "a box read by a statement in the group is in it, and so is
+        every statement that reads a box in it", overlapping groups merged into one."""
+        loops = [set(c) for c in loops]
+        changed = True
+        while changed:
+            changed = False
+            for comp in loops:
+                for kind, v in list(comp):
+                    if kind == "s":
+                        new = {("b", box) for _, box in self._box_reads(stmts[v].value)}
+                    else:
+                        new = {("s", i) for i in reads[v]}
+                    if not new <= comp:
+                        comp |= new
+                        changed = True
+        merged: list[set] = []
+        for comp in loops:
+            for m in merged:
+                if m & comp:
+                    m |= comp
+                    break
+            else:
+                merged.append(set(comp))
+        return merged
+
     def schedule(self) -> list[Unit]:
         stmts: list[Statement] = self.block.statements
         g = nx.DiGraph()
@@ -143,45 +169,25 @@ class BlockGen:
         for name, idx in reads.items():  # a box read at two places shares one state sequence
             if len(idx) > 1 and not any(("b", name) in c for c in loops):
                 loops.append({("b", name)} | {("s", i) for i in idx})
-        changed = True
-        while changed:  # close the groups: boxes read inside, and readers of their boxes
-            changed = False
-            for comp in loops:
-                for kind, v in list(comp):
-                    if kind == "s":
-                        for _, box in self._box_reads(stmts[v].value):
-                            if ("b", box) not in comp:
-                                comp.add(("b", box))
-                                changed = True
-                    else:
-                        for i in reads[v]:
-                            if ("s", i) not in comp:
-                                comp.add(("s", i))
-                                changed = True
-        merged: list[set] = []
-        for comp in loops:
-            for m in merged:
-                if m & comp:
-                    m |= comp
-                    break
-            else:
-                merged.append(set(comp))
-        owner = {}
-        for gi, comp in enumerate(merged):
-            for node in comp:
-                owner[node] = gi
-        cond = nx.DiGraph()
-        unit_of = {}
-        for node in g.nodes:
-            unit_of[node] = ("g", owner[node]) if node in owner else node
-            cond.add_node(unit_of[node])
-        for a, b in g.edges:
-            if unit_of[a] != unit_of[b]:
-                cond.add_edge(unit_of[a], unit_of[b])
-        if not nx.is_directed_acyclic_graph(cond):
-            raise NestError.at(self.block.pos, f"block `{self.block.name}`: the statements and boxes "
-                               "cannot be put in an order that respects their data flow",
-                               hint="a statement reads a box whose loop needs that statement's result")
+        while True:
+            merged = self._close_groups(loops, stmts, reads)
+            owner = {node: gi for gi, comp in enumerate(merged) for node in comp}
+            unit_of = {node: ("g", owner[node]) if node in owner else node for node in g.nodes}
+            cond = nx.DiGraph()
+            cond.add_nodes_from(unit_of.values())
+            cond.add_edges_from((unit_of[a], unit_of[b]) for a, b in g.edges if unit_of[a] != unit_of[b])
+            if nx.is_directed_acyclic_graph(cond):
+                break
+            # A loop that needs a statement outside it which needs the loop's result (a box read
+            # twice with another box's read between the two): the whole cycle runs as one loop.
+            # Each box in it is still read at its committed state and updated at its own chunk
+            # boundaries (the chunk sizes of boxes that exchange data nest: the level graph checks).
+            cycles = [c for c in nx.strongly_connected_components(cond) if len(c) > 1]
+            if not any(u[0] == "g" for c in cycles for u in c):
+                raise NestError.at(self.block.pos, f"block `{self.block.name}`: the statements and "
+                                   "boxes cannot be put in an order that respects their data flow",
+                                   hint="a statement reads a box whose loop needs that statement's result")
+            loops = merged + [set().union(*(merged[u[1]] if u[0] == "g" else {u} for u in c)) for c in cycles]
 
         def first(u) -> int:
             if u[0] == "g":
