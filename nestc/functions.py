@@ -149,3 +149,21 @@ WORDS = {
     "reset": ("sequence", "never"),
     "mode": ("weighted", "sum", "mean"),
 }
+
+
+# The names the language defines, where they exist, and what they hold (`nestc specs --functions`).
+NAMES: dict[str, tuple[str, str]] = {
+    "x": ("block", "the residual stream as the statements before this one left it; `x = ...` "
+                   "replaces it"),
+    "in": ("box generators", "the stream the box is read with (the argument of its read); a box "
+                             "read at several places learns from its last read's argument"),
+    "M": ("memory boxes", "the box's state: M(e) reads it at e (objective, update, `values M(v)`); "
+                          "M alone is the state itself (update rules, vector and optimizer state)"),
+    "k, v, q, lr": ("objective, retention, optimizer, update",
+                    "this token's keys, values, query and learning rate, from the box's `keys`, "
+                    "`values`, `query` and `lr`"),
+    "lss": ("box values, context", "the local surprise signal: the gradient of the model's loss "
+                                   "at this box's output"),
+    "step": ("optimizer boxes", "how many times the box has updated, 1 at its first update "
+                                "(Adam's bias correction)"),
+}

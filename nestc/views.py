@@ -109,9 +109,15 @@ def specs_table(rows: list[tuple[str, str, str]]) -> Table:
 
 
 def functions_table() -> Group:
-    from .functions import FUNCTIONS, INIT_FORMS, OPTIMIZER_FORMS, RETENTION_FORMS, STATE_FORMS
+    from .functions import FUNCTIONS, INIT_FORMS, NAMES, OPTIMIZER_FORMS, RETENTION_FORMS, STATE_FORMS
 
-    tables = []
+    names = Table(title="names", header_style="bold")
+    names.add_column("name", style="green")
+    names.add_column("where")
+    names.add_column("meaning")
+    for name, (where, doc) in NAMES.items():
+        names.add_row(name, where, doc)
+    tables = [names]
     for title, table in (("functions", FUNCTIONS), ("state", STATE_FORMS), ("init", INIT_FORMS),
                          ("retention", RETENTION_FORMS), ("optimizer", OPTIMIZER_FORMS)):
         t = Table(title=title, header_style="bold")

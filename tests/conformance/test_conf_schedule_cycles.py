@@ -75,6 +75,8 @@ def test_the_cycle_runs_as_one_loop_over_both_boxes():
     loops = re.findall(r"# boxes (.*) depend on one another through time: they run together, "
                        r"(\d+) token", src)
     assert loops == [("fast, slow", "3")]
+    # `in` of a box read at several places is its last read's argument (`nestc specs --functions`)
+    assert "fast_keys = L.l2norm(self.fast_keys_linear(h2), 2)" in src
 
 
 def test_chunked_rules_equal_the_per_token_rule():

@@ -174,6 +174,18 @@ def test_specs_lists_every_builtin():
     assert listed == set(BUILTINS)
 
 
+def test_specs_functions_lists_every_function_and_name():
+    from nestc.functions import FUNCTIONS
+    from nestc.resolve import RESERVED_NAMES
+
+    proc = nestc("specs", "--functions", env={"COLUMNS": "400"})
+    assert proc.returncode == 0, proc.stderr
+    first = [ln.split("│")[1].strip() for ln in proc.stdout.splitlines() if ln.count("│") >= 3]
+    assert {f.signature() for f in FUNCTIONS.values()} <= set(first)
+    names = {n.strip() for row in first for n in row.split(",")}
+    assert RESERVED_NAMES | {"k", "v", "q", "lr"} <= names
+
+
 def test_fmt_check_accepts_the_builtins():
     proc = nestc("fmt", "--check", *BUILTINS)
     assert proc.returncode == 0, proc.stderr
