@@ -297,8 +297,13 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
         return None
     blockers = _off_the_chunked_rules(box, obj, ret, opt)
     deep_ok = not blockers
+    # self-generated values (`values M(e)`, NL Eq. 84) are read from the state as it moves,
+    # which the deep-memory rule does chunk by chunk; the delta rule and linear attention take
+    # their values as a stream
+    self_values = box.values is not None and _mentions_state(box.values)
     delta_ok = (deep_ok and st.form == "matrix" and box.freq.period == 1 and opt.kind == "gd"
-                and obj.kind in ("l2", "dot") and not lss and box.grad_state == "chunk_start")
+                and obj.kind in ("l2", "dot") and not lss and box.grad_state == "chunk_start"
+                and not self_values)
     # the chunked deep-memory rule takes every gradient at the (chunk-start) state before the
     # gate; a gradient at the gated state (Gated DeltaNet) has rules only for the delta rule and
     # linear attention, the general per-token rule otherwise

@@ -363,6 +363,22 @@ class BlockGen:
             mom = plan.optimizer.args.get("momentum")
             if mom is not None and not (isinstance(mom, ir.Num) and mom.value == 0):
                 out["beta"] = stream("beta", mom)
+        ref.values_expr = b.values  # type: ignore[attr-defined]
+        if b.values is not None and _mentions_m(b.values):
+            # Self-generated values are computed per head, where the state is read; the parts
+            # free of M that call block functions (M(linear(in, d)), + rmsnorm(in)) are streams,
+            # computed here first like the other generators
+            hoisted: dict[str, str] = {}
+
+            def hoist(part: ir.Expr) -> ir.Expr:
+                if not ir.calls_in(part):
+                    return part  # names and arithmetic on them: the per-head emitters compute those
+                key = f"M({len(hoisted)})"  # not a name a spec can write, so it shadows none
+                hoisted[key] = stream(f"values_part{len(hoisted)}", part)
+                return ir.Name(id=key, pos=part.pos)
+
+            ref.values_expr = _hoist_stream_parts(b.values, hoist)  # type: ignore[attr-defined]
+            gen.update(hoisted)
         ref.gen = gen  # type: ignore[attr-defined]
         return out
 
@@ -443,12 +459,13 @@ class BlockGen:
         b, plan = ref.info, ref.plan
         obj = plan.objective
         target = obj.target if obj is not None and obj.kind != "expr" else ir.Name(id="v")
-        values_m = b.values is not None and _mentions_m(b.values)
-        values_lss = b.values is not None and _mentions_lss(b.values)
+        values = ref.values_expr  # M(...) inputs that need block functions come in as streams
+        values_m = values is not None and _mentions_m(values)
+        values_lss = values is not None and _mentions_lss(values)
         if isinstance(target, ir.Name) and target.id == "v":
             if values_lss:
                 return f"R.heads(ctx.signal({b.qualname!r}), {b.heads})"
-            own = _own_output(b.values)
+            own = _own_output(values)
             if own is not None:  # v̂ = M(e): the memory reads e alongside its keys
                 inputs, stop = own
                 em = ExprEmitter(self.p, self.sites, self.inits,
@@ -462,7 +479,7 @@ class BlockGen:
                 em.call_hook = lambda c: (f"self.{ref.attr}.apply(W, {em.emit(c.args[0])})"
                                           if c.func == "M" else None)
                 self.line(f"def {fn}(W, s, e):  # self-generated values at the chunk-start state (NL Eq. 84)")
-                self.line(f"    return {em.emit(b.values)}")
+                self.line(f"    return {em.emit(values)}")
                 return fn
             if b.values is None:
                 raise NestError.at(b.pos, f"box `{b.name}` regresses onto `v` but has no `values`")
@@ -729,8 +746,9 @@ class BlockGen:
         rep_t = lambda v: f"R.per_head({v}, {b.heads}).repeat(1, {n}, 1)"  # noqa: E731
         lead_attr = lead.attr
         lead.attr = group.attr  # the stacked module applies the stacked weights
-        values_m = b.values is not None and _mentions_m(b.values)
-        own = _own_output(b.values) if values_m else None
+        values = lead.values_expr  # M(...) inputs that need block functions come in as streams
+        values_m = values is not None and _mentions_m(values)
+        own = _own_output(values) if values_m else None
         if own is not None:  # v̂ = M(e) for each stacked memory: read alongside the keys
             inputs, stop = own
             em = ExprEmitter(self.p, self.sites, self.inits, {k: rep(v) for k, v in lead.gen.items()}, "heads",
@@ -743,7 +761,7 @@ class BlockGen:
             em.call_hook = lambda c: (f"self.{group.attr}.apply(W, {em.emit(c.args[0])})"
                                       if c.func == "M" else None)
             self.line(f"def {fn}(W, s, e):  # self-generated values of each stacked memory (NL Eq. 84)")
-            self.line(f"    return {em.emit(b.values)}")
+            self.line(f"    return {em.emit(values)}")
             target = fn
         else:
             target = rep(self._target_stream(lead).removeprefix("R.heads(").rsplit(",", 1)[0])
@@ -830,6 +848,27 @@ class BlockGen:
 
 def _mentions_m(e: ir.Expr) -> bool:
     return any(c.func == "M" for c in ir.calls_in(e))
+
+
+def _hoist_stream_parts(e: ir.Expr, fn) -> ir.Expr:
+    """`e` with each largest part free of M replaced by fn(part) (fn returns the part itself to
+    keep it). Nodes are copied only where something below them changed: the code generator finds
+    the widths the resolver inferred by node identity."""
+    if not _mentions_m(e):
+        return fn(e)
+    if isinstance(e, ir.Call):
+        args = tuple(_hoist_stream_parts(a, fn) for a in e.args)
+        kwargs = tuple(k if (v := _hoist_stream_parts(k.value, fn)) is k.value else k.model_copy(update={"value": v})
+                       for k in e.kwargs)
+        if all(a is b for a, b in zip(args, e.args)) and all(a is b for a, b in zip(kwargs, e.kwargs)):
+            return e
+        return e.model_copy(update={"args": args, "kwargs": kwargs})
+    fields = {ir.BinOp: ("left", "right"), ir.UnaryOp: ("operand",), ir.IfExpr: ("cond", "then", "orelse")}
+    for kind, names in fields.items():
+        if isinstance(e, kind):
+            new = {k: _hoist_stream_parts(getattr(e, k), fn) for k in names}
+            return e if all(new[k] is getattr(e, k) for k in names) else e.model_copy(update=new)
+    return e
 
 
 def _own_output(values: ir.Expr | None) -> tuple[ir.Expr, bool] | None:
