@@ -947,6 +947,8 @@ class Resolver:
         e = self._fold_if(p.value)
         if isinstance(e, ir.Name) and e.id == "none":
             return None
+        if isinstance(e, ir.Call) and e.func == "none" and not e.args and not e.kwargs:
+            return None  # `none()`, as `nestc specs --functions` writes it, is `none`
         if isinstance(e, ir.Call) and e.func in RETENTION_FORMS:
             try:
                 args = self._bind(e, RETENTION_FORMS[e.func], f"`retention {e.func}(...)`")

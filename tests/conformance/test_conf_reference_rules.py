@@ -154,6 +154,9 @@ CASES = [
      "deep_memory_chunked"),
     ("mlp-stop-grad-writes", {"state": "mlp(d_head, depth=2, expansion=2)", "init": "meta",
                               "every": 4, "extra": ("grad stop",)}, "deep_memory_chunked"),
+    # `none()`, the form `nestc specs --functions` lists, was an internal error (only `none` worked)
+    ("matrix-retention-none-call", {"retention": "none()", "every": 4, "objective": "lp(M(k), v, 1.5)"},
+     "deep_memory_chunked"),
 ]
 
 
