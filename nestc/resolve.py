@@ -48,6 +48,7 @@ class Namespace:
     blocks: dict[str, ir.Block] = field(default_factory=dict)
     model: ir.Model | None = None
     train: ir.Train | None = None
+    refused: set[str] = field(default_factory=set)  # names whose declaration was an error
 
 
 def _merge(loaded: Loaded, spec: ir.Spec, path: Path, errors: Collector) -> Namespace:
@@ -71,6 +72,7 @@ def _merge(loaded: Loaded, spec: ir.Spec, path: Path, errors: Collector) -> Name
         if name in RESERVED_NAMES or name in FUNCTIONS:
             errors.error(pos, f"`{name}` is a built-in name and cannot name a {what}",
                          hint=f"choose another name, like `{name}_`")
+            ns.refused.add(name)  # its uses are not reported again as unknown
             return False
         seen[name] = (what, pos)
         return True
@@ -401,7 +403,7 @@ class Resolver:
                          hint="nestc builds at most that many; use a smaller `repeat`")
                 continue
             for b in r.blocks:
-                if b not in self.ns.blocks:
+                if b not in self.ns.blocks and b not in self.ns.refused:
                     self.err(r.pos, f"unknown block `{b}` in `repeat`",
                              hint=did_you_mean(b, self.ns.blocks) or "declare it with `block "
                              f"{b} {{ ... }}`")

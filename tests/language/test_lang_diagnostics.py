@@ -275,6 +275,13 @@ SEMANTIC = [
         }
         """ + MODEL, [(7, 27, "`step` (an optimizer box's count of its updates) is not defined "
                       "in a memory's rules")]),
+    # one error: `repeat` said "unknown block `outer`" too, with the hint to declare it
+    ("built_in_name_as_a_block_in_repeat", """\
+        spec s
+        block outer {
+            x = x + rmsnorm(x)
+        }
+        """ + MODEL.replace("layer", "outer"), [(2, 1, "`outer` is a built-in name and cannot name a block")]),
     ("like_of_an_unknown_box", """\
         spec s
         box m : memory like mm {}
