@@ -28,6 +28,8 @@ from .names import Sites, class_name, one_line, py_name
 
 BOX_FIELDS = ("keys", "values", "query", "lr", "objective", "retention", "optimizer", "update")
 INNER_NAMES = {"k", "v", "q", "lr", "M", "step", "lss", "in"}
+# the functions with parameters of their own: a box declared with others gets its own copy of each
+LEARNED_FUNCTIONS = {"linear", "mlp", "swiglu", "rmsnorm", "layernorm", "conv", "combine"}
 
 
 @dataclass
@@ -685,7 +687,9 @@ class BlockGen:
         """Memories declared together (`box a, b : memory {...}`) that a loop reads once each with
         the same input are independent copies with shared keys, rates and gates: they run as one
         memory with their heads stacked (the same arithmetic in a quarter of the operations for
-        Hope's M_k, M_v, M_eta, M_alpha)."""
+        Hope's M_k, M_v, M_eta, M_alpha). Not when their properties hold learned functions
+        (`lr sigmoid(linear(in, heads))`): each member has its own parameters there, and the
+        stack would run the first member's for all."""
         if not self.options.get("fuse", True):
             return {}
         reads: dict[str, list] = {}
@@ -697,6 +701,8 @@ class BlockGen:
             b, plan = ref.info, ref.plan
             if plan.rule != "deep_memory_chunked" or b.query is not None or len(reads.get(b.name, [])) != 1:
                 continue
+            if any(c.func in LEARNED_FUNCTIONS for e in self._box_exprs(b) for c in ir.calls_in(e)):
+                continue  # each member has its own learned generators (linear(in, heads), ...): no stacking shares them
             key = (b.pos.file, b.pos.line, b.pos.col, b.freq, b.heads, plan.lss,
                    repr(reads[b.name][0]),
                    repr([ir.strip_positions(getattr(b, f)) for f in BOX_FIELDS if getattr(b, f) is not None]))

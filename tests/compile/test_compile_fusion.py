@@ -47,3 +47,50 @@ def test_fused_siblings_equal_separate_memories():
         stacked = torch.cat([gb[m] for m in member_names[name]], 0)
         scale = stacked.abs().max().item()
         assert scale > 0 and (g - stacked).abs().max().item() <= 1e-4 * scale, name
+
+
+# Siblings whose properties hold learned functions: stacked, they ran the first member's
+# projections for every member (Mv's lr, gate and value projections were never created), so the
+# fused model was not the spec's. They now stay separate memories.
+OWN_GENERATORS = """spec own_generators "siblings with learned generators"
+param d_model = 16
+param heads   = 2
+block layer {
+    box Mk, Mv : memory {
+        heads     heads
+        state     mlp(d_model / heads, expansion=2, act=silu, residual=true)
+        init      meta
+        keys      k
+        values    M(silu(linear(v, d_model)))
+        lr        0.1 * sigmoid(linear(in, heads))
+        objective l2(M(k), v)
+        retention gate(sigmoid(linear(in, heads) + 3.0))
+        optimizer dgd()
+        every     4 tokens
+    }
+    let h = l2norm(rmsnorm(x), groups=heads)
+    let k = l2norm(Mk(h), groups=heads)
+    let v = l2norm(Mv(h), groups=heads)
+    x = x + linear(k + v, d_model)
+}
+model {
+    dim d_model
+    repeat 1 { layer }
+}
+"""
+
+
+def test_siblings_with_learned_generators_keep_their_own_parameters():
+    fused = nestc.compile("own.nest", text=OWN_GENERATORS)
+    separate = nestc.compile("own.nest", text=OWN_GENERATORS, options={"fuse": False})
+    torch.manual_seed(0)
+    a, b = fused.model(30).double(), separate.model(30).double()
+    names = [n for n, _ in a.named_parameters()]
+    assert names == [n for n, _ in b.named_parameters()]
+    for own in ("Mv_lr_linear", "Mv_gate_linear", "Mv_values_part0_linear"):
+        assert f"layers.0.{own}.weight" in names
+    b.load_state_dict(a.state_dict())
+    x = torch.randint(0, 30, (2, 13))
+    la, _ = a(x, ctx=Ctx())
+    lb, _ = b(x, ctx=Ctx())
+    assert torch.equal(la, lb)
