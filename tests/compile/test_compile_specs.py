@@ -605,6 +605,71 @@ def test_first_pass_signals_in_scan_mode_equal_eager_through_a_later_layer(reque
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-9, atol=1e-12)
 
 
+# Found by fuzzing random specs (a /tmp script, 2026-12-07) and cut down line by line to what
+# it needs: a memory with `grad_state call_start` (DeepMemory._parallel) beside a general-rule
+# memory with proximal retention and stop-gradient writes (GeneralMemory._token_scan). Each
+# alone, or either option of the second alone, is right; so are unroll, region and call loops
+# and the aot_eager backend: inductor's code for this scan gives wrong gradients.
+SCAN_STOP_PROXIMAL = """spec scan_stop_proximal "a call-start memory beside a proximal, stop-gradient general one"
+param d_model = 8
+param heads = 2
+param d_head = d_model / heads
+block layer {
+    box mem : memory {
+        heads heads
+        state matrix(d_head, 4)
+        keys l2norm(g, groups=heads)
+        values M(in)
+        every 2 tokens
+        objective l2(M(k), v)
+        grad_state call_start
+    }
+    box mem2 : memory {
+        heads heads
+        state matrix(d_head, d_head)
+        keys l2norm(linear(in, d_model), groups=heads)
+        values g
+        objective lp(M(k), v, 1.5)
+        retention proximal(0.2)
+        grad stop
+    }
+    let h = rmsnorm(x)
+    let g = linear(h, d_model)
+    let a = mem(h)
+    x = x + linear(a, d_model) + linear(mem2(h), d_model)
+}
+model {
+    dim d_model
+    repeat 1 { layer }
+}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loops", [
+    "unroll", "call",
+    pytest.param("scan", marks=pytest.mark.xfail(strict=True, reason="known: inductor's scan gives "
+                                                 "wrong gradients here (README, Known issues)"))])
+def test_stop_gradient_proximal_memory_beside_a_call_start_memory(loops, request):
+    from nestc.runtime.ops import set_loop_mode
+
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nestc.compile("scan_stop_proximal.nest", text=SCAN_STOP_PROXIMAL).model(30).double()
+    x, y = torch.randint(0, 30, (2, 13)), torch.randint(0, 30, (2, 13))
+    eager = make_loss_fns(model)
+    loss_e = eager.main(x, y, signals(model, eager, x, y))
+    grads_e = torch.autograd.grad(loss_e, list(model.parameters()), allow_unused=True)
+    fns = make_loss_fns(model, compile=True, loops=loops)
+    loss_c = fns.main(x, y, signals(model, fns, x, y))
+    grads_c = torch.autograd.grad(loss_c, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=0)
+    for (name, _), a, b in zip(model.named_parameters(), grads_e, grads_c):
+        if a is not None and b is not None:
+            assert (a - b).abs().max() <= 1e-9 * a.abs().max(), name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loops", ["unroll", "call"])
 def test_shared_first_pass_compiles_no_graph_of_its_own_and_gives_eager_signals(loops, request):
