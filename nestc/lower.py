@@ -205,6 +205,14 @@ def _uses_lss(box: BoxInfo) -> bool:
 
 def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
     where = box.prop_pos.get("optimizer") or box.pos
+    if "steps" in box.prop_pos and box.freq.inner != 1 and \
+            not (box.optimizer is not None and optimizer_form(box).kind == "newton_schulz"):
+        # the level graph shows the steps (NL: a level with k steps per use), but no rule runs
+        # them: the general rule, where such a box went, did one step and said nothing
+        errors.error(box.prop_pos["steps"], f"box `{box.name}`: `steps {box.freq.inner}` (several "
+                     "inner optimizer steps per update) is not implemented: every lowering makes "
+                     "one step per update", hint="remove `steps` (one step), or raise `lr`")
+        return None
     if box.kind == "attention":
         return BoxPlan(box, "attention_sdpa", "softmax attention -> scaled_dot_product_attention")
     if box.kind == "weights" or box.freq.unit == "step":

@@ -403,6 +403,22 @@ LEVELS_AND_COMPILER = [
         """ + MODEL, [(7, 13, "attention box `attn` reads prefix tokens (`prefix=`), which the "
                       "compiler supports only in segments (Titans MAC: each segment attends to "
                       "its own prefix tokens)")]),
+    # passed `nestc check`, and then the general rule made one step per update regardless
+    ("inner_steps_are_not_implemented", """\
+        spec s
+        block layer {
+            box m : memory {
+                state     mlp(16)
+                keys      in
+                values    in
+                objective l2(M(k), v)
+                steps     2
+            }
+
+            x = x + m(x)
+        }
+        """ + MODEL, [(8, 9, "box `m`: `steps 2` (several inner optimizer steps per update) is not "
+                      "implemented: every lowering makes one step per update")]),
     ("chunk_sizes_do_not_nest", """\
         spec s
         block layer {
