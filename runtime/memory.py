@@ -1157,7 +1157,12 @@ class GeneralMemory(DeepMemory):
         2.13: IndexError in its backward)."""
         from .ops import loop_mode
 
-        if not (torch.compiler.is_compiling() and loop_mode() == "scan" and length > 1 and query is not None):
+        # Adam on chunks of several tokens: torch 2.13's inductor cannot compile the region calls
+        # (AssertionError: subgraph args must have consistent values!), so those run as a scan
+        # in loop modes unroll and region too (call mode lowers no scan; there it still fails)
+        adam_chunks = self.adam is not None and self.s.period > 1 and loop_mode() in ("unroll", "region")
+        if not (torch.compiler.is_compiling() and (loop_mode() == "scan" or adam_chunks) and length > 1
+                and query is not None):
             return False
         if self._acts_between_segments():
             return False
