@@ -1143,6 +1143,11 @@ class GeneralMemory(DeepMemory):
             state = self._maybe_reset(state)
         return (torch.cat(outs, dim=2) if outs else None), state
 
+    def scans_adam_chunks(self) -> bool:
+        """Adam on chunks of several tokens: compiled, its tokens run as a scan in every loop mode
+        but call (see `_can_scan_tokens`)."""
+        return self.adam is not None and self.s.period > 1
+
     def _can_scan_tokens(self, state: dict, length: int, streams: dict, per_token: dict, query) -> bool:
         """Under torch.compile in loop mode "scan", a call of more than one token runs its tokens
         as one scan (`_token_scan`): traced once, whatever the length, for steps 1.49-1.76x as
@@ -1160,7 +1165,7 @@ class GeneralMemory(DeepMemory):
         # Adam on chunks of several tokens: torch 2.13's inductor cannot compile the region calls
         # (AssertionError: subgraph args must have consistent values!), so those run as a scan
         # in loop modes unroll and region too (call mode lowers no scan; there it still fails)
-        adam_chunks = self.adam is not None and self.s.period > 1 and loop_mode() in ("unroll", "region")
+        adam_chunks = self.scans_adam_chunks() and loop_mode() in ("unroll", "region")
         if not (torch.compiler.is_compiling() and (loop_mode() == "scan" or adam_chunks) and length > 1
                 and query is not None):
             return False

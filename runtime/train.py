@@ -281,12 +281,15 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     # static shapes: a new shape gets its own graph. Symbolic shapes over the unrolled chunk
     # loops send sympy into a search of tens of minutes (seen with a second Titans layer size).
     compile_kw.setdefault("dynamic", False)
-    if loops == "scan":
+    from .memory import GeneralMemory
+
+    if loops == "scan" or any(isinstance(m, GeneralMemory) and m.scans_adam_chunks() for m in model.modules()):
         # Inductor's joint-graph constant folding gave wrong gradients through a scan (a memory
         # with grad_state call_start beside a general-rule memory with proximal retention and
         # grad stop: up to 100% off; tests/compile/test_compile_specs.py
         # test_stop_gradient_proximal_memory_beside_a_call_start_memory). With it off they are
-        # eager's; the cause inside inductor is not pinned down, so scan mode goes without it.
+        # eager's; the cause inside inductor is not pinned down, so whatever compiles a scan goes
+        # without it: loop mode scan, and Adam on chunks, which scans in the other modes too.
         compile_kw["options"] = {"joint_graph_constant_folding": False, **compile_kw.get("options", {})}
     set_loop_mode(loops, compile_kw)
     shared = first_pass == "shared"
