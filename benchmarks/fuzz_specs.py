@@ -1,0 +1,190 @@
+"""Random memory specs, to find what the hand-written tests miss: any spec the compiler accepts
+must build, run and train; compiled, it must give eager's loss and gradients.
+
+    python benchmarks/fuzz_specs.py --seed 1000 --count 300                 # eager, fast
+    python benchmarks/fuzz_specs.py --seed 5000 --count 12 --loops unroll,scan  # and compiled
+
+Each spec is one block with one or two memory boxes (the second reads the first's output),
+their properties drawn from the pools below: states, initial states, keys, values (self-
+generated ones included), learning rates, objectives, retentions, optimizers, update rules,
+chunk sizes and options (`grad stop`, `grad_state call_start`, `query`, `reset`, ...). Per spec:
+
+* `nestc.compile`: a NestError (a one-screen diagnostic) is a refusal, counted by message;
+  any other exception is an ERR row (an internal error reaches users as one);
+* eager, float64, batch 2 × 13 tokens: the two-pass loss and every gradient. A failure is an
+  ERR row; a non-finite loss is counted apart (random rates and unnormalised keys can diverge:
+  `dgd(step=neurips)` with |k|² = 4 multiplies the state by -3 at each token);
+* with --loops, each loop mode compiled: loss and every gradient within 1e-9 of eager's
+  (relative to each gradient's largest entry) or a BAD row.
+
+Exit status 1 when any row is ERR or BAD. Found with earlier versions of this script (then a
+/tmp scratch file; each fixed, each with a test): internal errors for `retention none()`, for
+self-generated values of expressions and for a matrix memory with self-generated values every
+token; `steps N` accepted and ignored; sibling memories with learned generators stacked onto one
+member's parameters; compiled scans with wrong gradients (a call_start memory beside a proximal,
+stop-gradient one) and Adam on chunks that inductor could not compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # small_models
+
+import nestc  # noqa: E402
+from nestc.diagnostics import NestError  # noqa: E402
+from nestc.runtime.bench import machine  # noqa: E402
+from nestc.runtime.ops import LOOP_MODES  # noqa: E402
+from nestc.runtime.train import make_loss_fns, signals  # noqa: E402
+from small_models import loss_and_grads  # noqa: E402
+
+STATES = ["matrix(d_head, d_head)", "matrix(d_head, 4)", "mlp(d_head, depth=2, expansion=2)",
+          "mlp(d_head, depth=1, residual=false)", "mlp(d_head, depth=3, hidden=6, act=relu, residual=false)",
+          "mlp(d_head, depth=2, expansion=1, out=4, residual=false)"]
+INITS = ["zeros()", "meta", "random(std=0.2)", "identity()"]
+KEYS = ["l2norm(linear(in, d_model), groups=heads)", "in", "silu(conv(linear(in, d_model), 3))",
+        "l2norm(g, groups=heads)"]
+VALUES = ["linear(in, d_model)", "in", "M(in)", "stop_grad(M(linear(in, d_model)))",
+          "tanh(linear(in, d_model))", "0.5 * M(g) + linear(in, d_model)", "g"]
+RATES = ["0.1", "sigmoid(linear(in, heads))", "0.2 * softplus(linear(in, heads))", "1.0"]
+OBJECTIVES = ["l2(M(k), v)", "-dot(M(k), v)", "dot(M(k), v)", "lp(M(k), v, 1.5)", "huber(M(k), v, 0.5)",
+              "sum(abs(M(k) - v) ** 3)", "l2(M(k), v) + 0.1 * sum(M(k) * M(k))"]
+RETENTIONS = [None, "gate(sigmoid(linear(in, heads) + 2.0))", "decay(sigmoid(linear(in, heads) - 3.0))",
+              "weight_decay(0.1)", "proximal(0.2)", "0.9 * M", "gate(sigmoid(linear(in, heads)), grad=retained)",
+              "none()"]
+OPTIMIZERS = [None, "gd()", "momentum(0.6)", "momentum(sigmoid(linear(in, heads)))", "dgd()",
+              "dgd(step=neurips)", "adam(0.9, 0.99, 1e-6)"]
+UPDATES = ["M + lr * outer(v - M(k), k)", "0.9 * M + 0.1 * outer(v, k)"]  # square matrices only
+EVERY = ["1 tokens", "1 tokens", "2 tokens", "3 tokens", "4 tokens"]
+OPTIONS = [None, "grad stop", "reset 6", "query l2norm(linear(in, d_model), groups=heads)",
+           "grad_state call_start", "read before"]
+READS = ["mem(h)", "mem(h)", "read_before(mem, h)"]
+
+
+def box(rng: random.Random, name: str) -> str:
+    state = rng.choice(STATES)
+    props = [("heads", "heads"), ("state", state), ("init", rng.choice(INITS)), ("keys", rng.choice(KEYS)),
+             ("values", rng.choice(VALUES)), ("lr", rng.choice(RATES)), ("every", rng.choice(EVERY))]
+    if state == "matrix(d_head, d_head)" and rng.random() < 0.25:
+        props.append(("update", rng.choice(UPDATES)))
+    else:
+        props.append(("objective", rng.choice(OBJECTIVES)))
+        props += [("optimizer", o) for o in [rng.choice(OPTIMIZERS)] if o]
+    props += [("retention", r) for r in [rng.choice(RETENTIONS)] if r]
+    option = rng.choice(OPTIONS)
+    body = "".join(f"        {k} {v}\n" for k, v in props) + (f"        {option}\n" if option else "")
+    return f"    box {name} : memory {{\n{body}    }}\n"
+
+
+def random_spec(seed: int) -> str:
+    rng = random.Random(seed)
+    read = rng.choice(READS)
+    two = rng.random() < 0.4
+    text = ('spec fuzz "a random spec"\nparam d_model = 8\nparam heads = 2\nparam d_head = d_model / heads\n'
+            "block layer {\n" + box(rng, "mem"))
+    lines = "    let h = rmsnorm(x)\n    let g = linear(h, d_model)\n"
+    if two:
+        text += box(rng, "mem2").replace("M(g)", "M(in)")
+        lines += (f"    let a = {read}\n"
+                  "    x = x + linear(a, d_model) + linear(mem2(h + linear(a, d_model)), d_model)\n")
+    else:
+        lines += f"    x = x + linear({read}, d_model)\n"
+    return text + lines + "}\nmodel {\n    dim d_model\n    repeat 2 { layer }\n}\n"
+
+
+def worst_gradient(model, grads_a, grads_b) -> tuple[float, str]:
+    worst, where = 0.0, "-"
+    for (name, _), a, b in zip(model.named_parameters(), grads_a, grads_b):
+        if a is None or b is None:  # unused on one side: then the other's must be zero
+            if not all(g is None or g.abs().max() == 0 for g in (a, b)):
+                return float("inf"), f"{name} (a gradient on one side only)"
+            continue
+        err = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
+        if err > worst:
+            worst, where = err, name
+    return worst, where
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0, help="the first spec's seed (then seed + 1, ...)")
+    ap.add_argument("--count", type=int, default=100, help="how many specs to run (refusals not counted)")
+    ap.add_argument("--loops", default="", help=f"comma-separated loop modes to compile in ({', '.join(LOOP_MODES)})")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--show", action="store_true", help="print each ERR or BAD row's spec")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    modes = [m for m in a.loops.split(",") if m]
+    for m in modes:
+        if m not in LOOP_MODES:
+            ap.error(f"--loops: {m!r} is not one of {', '.join(LOOP_MODES)}")
+    info = machine()
+    print(f"fuzz_specs: seeds from {a.seed}, {a.count} specs run, loops {a.loops or '(eager only)'}; "
+          f"{info['cpu']}, torch {info['torch']}, commit {info['commit']}", flush=True)
+    refusals: collections.Counter = collections.Counter()
+    ran = diverged = failed = 0
+    seed = a.seed - 1
+    while ran < a.count:
+        seed += 1
+        text = random_spec(seed)
+        try:
+            compiled = nestc.compile("fuzz.nest", text=text)
+        except NestError as e:
+            refusals[re.sub(r"`[^`]*`", "`…`", str(e).splitlines()[0].split(": error: ")[-1])[:100]] += 1
+            continue
+        except Exception as e:  # noqa: BLE001 - an internal error is what this looks for
+            failed += 1
+            print(f"ERR  seed {seed}: compile: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            print(text * a.show, end="")
+            continue
+        ran += 1
+        torch.manual_seed(0)
+        model = compiled.model(30).double()
+        x, y = torch.randint(0, 30, (2, 13)), torch.randint(0, 30, (2, 13))
+        try:
+            loss, grads = loss_and_grads(model, x, y)
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            print(f"ERR  seed {seed}: eager step: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            print(text * a.show, end="")
+            continue
+        if not torch.isfinite(loss):
+            diverged += 1
+            continue
+        rules = " ".join(r for r in compiled.module.__doc__.split("Lowering:")[1].split() if "_" in r and ":" not in r)
+        for mode in modes:
+            start = time.time()
+            try:
+                torch._dynamo.reset()
+                fns = make_loss_fns(model, compile=True, loops=mode)
+                loss_c = fns.main(x, y, signals(model, fns, x, y))
+                grads_c = torch.autograd.grad(loss_c, list(model.parameters()), allow_unused=True)
+            except Exception as e:  # noqa: BLE001
+                failed += 1
+                print(f"ERR  seed {seed} {mode}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                print(text * a.show, end="")
+                continue
+            dl = abs(loss - loss_c).item() / abs(loss).item()
+            dg, where = worst_gradient(model, grads, grads_c)
+            ok = dl <= 1e-9 and dg <= 1e-9
+            failed += not ok
+            print(f"{'OK ' if ok else 'BAD'}  seed {seed} {mode:6} loss {dl:.1e} grads {dg:.1e} at {where} "
+                  f"({time.time() - start:.0f} s; {rules})", flush=True)
+            print(text * (a.show and not ok), end="")
+    print(f"{ran} specs ran ({diverged} with a non-finite loss), {sum(refusals.values())} refused, "
+          f"{failed} ERR or BAD rows")
+    for message, n in refusals.most_common(8):
+        print(f"  refused {n:3}×  {message}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
