@@ -605,6 +605,28 @@ def test_first_pass_signals_in_scan_mode_equal_eager_through_a_later_layer(reque
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-9, atol=1e-12)
 
 
+def _assert_compiled_equals_eager_in_float64(name: str, text: str, loops: str, request) -> None:
+    """A spec's model in float64, batch 2 x 13 tokens: the compiled two-pass loss and every
+    gradient against eager's, to 1e-9 of each gradient's largest entry."""
+    from nestc.runtime.ops import set_loop_mode
+
+    request.addfinalizer(lambda: set_loop_mode("unroll"))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nestc.compile(name, text=text).model(30).double()
+    x, y = torch.randint(0, 30, (2, 13)), torch.randint(0, 30, (2, 13))
+    eager = make_loss_fns(model)
+    loss_e = eager.main(x, y, signals(model, eager, x, y))
+    grads_e = torch.autograd.grad(loss_e, list(model.parameters()), allow_unused=True)
+    fns = make_loss_fns(model, compile=True, loops=loops)
+    loss_c = fns.main(x, y, signals(model, fns, x, y))
+    grads_c = torch.autograd.grad(loss_c, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=0)
+    for (pname, _), a, b in zip(model.named_parameters(), grads_e, grads_c):
+        if a is not None and b is not None:
+            assert (a - b).abs().max() <= 1e-9 * a.abs().max(), pname
+
+
 # Found by fuzzing random specs (a /tmp script, 2026-12-07) and cut down line by line to what
 # it needs: a memory with `grad_state call_start` (DeepMemory._parallel) beside a general-rule
 # memory with proximal retention and stop-gradient writes (GeneralMemory._token_scan). Each
@@ -650,23 +672,7 @@ model {
 @pytest.mark.slow
 @pytest.mark.parametrize("loops", ["unroll", "call", "scan"])
 def test_stop_gradient_proximal_memory_beside_a_call_start_memory(loops, request):
-    from nestc.runtime.ops import set_loop_mode
-
-    request.addfinalizer(lambda: set_loop_mode("unroll"))
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = nestc.compile("scan_stop_proximal.nest", text=SCAN_STOP_PROXIMAL).model(30).double()
-    x, y = torch.randint(0, 30, (2, 13)), torch.randint(0, 30, (2, 13))
-    eager = make_loss_fns(model)
-    loss_e = eager.main(x, y, signals(model, eager, x, y))
-    grads_e = torch.autograd.grad(loss_e, list(model.parameters()), allow_unused=True)
-    fns = make_loss_fns(model, compile=True, loops=loops)
-    loss_c = fns.main(x, y, signals(model, fns, x, y))
-    grads_c = torch.autograd.grad(loss_c, list(model.parameters()), allow_unused=True)
-    torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=0)
-    for (name, _), a, b in zip(model.named_parameters(), grads_e, grads_c):
-        if a is not None and b is not None:
-            assert (a - b).abs().max() <= 1e-9 * a.abs().max(), name
+    _assert_compiled_equals_eager_in_float64("scan_stop_proximal.nest", SCAN_STOP_PROXIMAL, loops, request)
 
 
 ADAM_CHUNKS = """spec adam_chunks "Adam on the inner objective, updated every 4 tokens"
@@ -699,23 +705,7 @@ def test_adam_on_chunks_of_several_tokens_compiles_and_equals_eager(loops, reque
     error from `nestc train --compile`), found by fuzzing random specs; its tokens now run as one
     scan there (runtime/memory.py `_can_scan_tokens`). Every 1 token (examples/adam_memory.nest)
     keeps the region calls."""
-    from nestc.runtime.ops import set_loop_mode
-
-    request.addfinalizer(lambda: set_loop_mode("unroll"))
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = nestc.compile("adam_chunks.nest", text=ADAM_CHUNKS).model(30).double()
-    x, y = torch.randint(0, 30, (2, 13)), torch.randint(0, 30, (2, 13))
-    eager = make_loss_fns(model)
-    loss_e = eager.main(x, y, signals(model, eager, x, y))
-    grads_e = torch.autograd.grad(loss_e, list(model.parameters()), allow_unused=True)
-    fns = make_loss_fns(model, compile=True, loops=loops)
-    loss_c = fns.main(x, y, signals(model, fns, x, y))
-    grads_c = torch.autograd.grad(loss_c, list(model.parameters()), allow_unused=True)
-    torch.testing.assert_close(loss_c, loss_e, rtol=1e-12, atol=0)
-    for (name, _), a, b in zip(model.named_parameters(), grads_e, grads_c):
-        if a is not None and b is not None:
-            assert (a - b).abs().max() <= 1e-9 * a.abs().max(), name
+    _assert_compiled_equals_eager_in_float64("adam_chunks.nest", ADAM_CHUNKS, loops, request)
 
 
 @pytest.mark.slow
