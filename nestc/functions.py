@@ -151,6 +151,10 @@ WORDS = {
 }
 
 
+# The functions whose every call site holds parameters of its own (a module of the model).
+# `combine` holds some only in mode `weighted`.
+LEARNED_FUNCTIONS = frozenset({"linear", "mlp", "swiglu", "rmsnorm", "layernorm", "conv"})
+
 # The names the language defines, where they exist, and what they hold (`nestc specs --functions`).
 NAMES: dict[str, tuple[str, str]] = {
     "x": ("block", "the residual stream as the statements before this one left it; `x = ...` "

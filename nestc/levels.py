@@ -29,6 +29,7 @@ import networkx as nx
 
 from . import ir
 from .diagnostics import Collector, NestError
+from .functions import LEARNED_FUNCTIONS
 from .printer import expr_str
 from .program import BoxInfo, Frequency, Program
 
@@ -140,12 +141,9 @@ def _node_attrs(b: BoxInfo, prefix_count: int | None = None) -> dict[str, Any]:
     }
 
 
-_LEARNED_LAYERS = {"linear", "mlp", "swiglu", "rmsnorm", "layernorm", "conv"}
-
-
 def _uses_learned_layers(b: BoxInfo) -> bool:
     exprs = [b.keys, b.values, b.query, b.lr, b.retention, b.optimizer, *b.contexts.values()]
-    return any(c.func in _LEARNED_LAYERS for e in exprs if e is not None for c in ir.calls_in(e))
+    return any(c.func in LEARNED_FUNCTIONS for e in exprs if e is not None for c in ir.calls_in(e))
 
 
 def build(program: Program, errors: Collector | None = None) -> LevelGraph:

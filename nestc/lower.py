@@ -79,6 +79,11 @@ def _mentions_state(e: ir.Expr) -> bool:
         any(c.func == "M" for c in ir.calls_in(e))
 
 
+def _self_generated_values(box: BoxInfo) -> bool:
+    """`values M(e)` and other values that read the box's own state (NL Eq. 84)."""
+    return box.values is not None and _mentions_state(box.values)
+
+
 def _scale_of(e: ir.Expr) -> tuple[float, ir.Expr]:
     """Split constant factors off: 0.5 * l2(...) -> (0.5, l2(...)); -dot(...) -> (-1, dot(...))."""
     if isinstance(e, ir.UnaryOp) and e.op == "-":
@@ -305,13 +310,11 @@ def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
         return None
     blockers = _off_the_chunked_rules(box, obj, ret, opt)
     deep_ok = not blockers
-    # self-generated values (`values M(e)`, NL Eq. 84) are read from the state as it moves,
-    # which the deep-memory rule does chunk by chunk; the delta rule and linear attention take
-    # their values as a stream
-    self_values = box.values is not None and _mentions_state(box.values)
+    # self-generated values are read from the state as it moves, which the deep-memory rule does
+    # chunk by chunk; the delta rule and linear attention take their values as a stream
     delta_ok = (deep_ok and st.form == "matrix" and box.freq.period == 1 and opt.kind == "gd"
                 and obj.kind in ("l2", "dot") and not lss and box.grad_state == "chunk_start"
-                and not self_values)
+                and not _self_generated_values(box))
     # the chunked deep-memory rule takes every gradient at the (chunk-start) state before the
     # gate; a gradient at the gated state (Gated DeltaNet) has rules only for the delta rule and
     # linear attention, the general per-token rule otherwise
@@ -426,8 +429,7 @@ def reference_plan(p: BoxPlan) -> BoxPlan:
     reference those rules are tested against. Boxes the general rule cannot run (local surprise
     signals, self-generated values, gradients at the call's start) keep their plan."""
     box = p.box
-    self_values = box.values is not None and _mentions_state(box.values)
-    if p.rule not in REFERENCE_RULES or p.lss or self_values or box.grad_state != "chunk_start":
+    if p.rule not in REFERENCE_RULES or p.lss or _self_generated_values(box) or box.grad_state != "chunk_start":
         return p
     return BoxPlan(box, "memory_general", f"reference for {p.rule}: per-token recurrence with "
                    "torch.func gradients", objective=p.objective, retention=p.retention,

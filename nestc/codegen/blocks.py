@@ -19,6 +19,7 @@ import networkx as nx
 
 from .. import ir
 from ..diagnostics import NestError
+from ..functions import LEARNED_FUNCTIONS
 from ..lower import BoxPlan
 from ..printer import expr_str
 from ..program import BlockInfo, BoxInfo, Program, Statement
@@ -28,8 +29,6 @@ from .names import Sites, class_name, one_line, py_name
 
 BOX_FIELDS = ("keys", "values", "query", "lr", "objective", "retention", "optimizer", "update")
 INNER_NAMES = {"k", "v", "q", "lr", "M", "step", "lss", "in"}
-# the functions with parameters of their own: a box declared with others gets its own copy of each
-LEARNED_FUNCTIONS = {"linear", "mlp", "swiglu", "rmsnorm", "layernorm", "conv", "combine"}
 
 
 @dataclass
@@ -701,8 +700,10 @@ class BlockGen:
             b, plan = ref.info, ref.plan
             if plan.rule != "deep_memory_chunked" or b.query is not None or len(reads.get(b.name, [])) != 1:
                 continue
-            if any(c.func in LEARNED_FUNCTIONS for e in self._box_exprs(b) for c in ir.calls_in(e)):
-                continue  # each member has its own learned generators (linear(in, heads), ...): no stacking shares them
+            # each member has its own learned generators (linear(in, heads), ...): no stacking shares
+            # them (any `combine`, whose weighted mode has logits, keeps the members apart too)
+            if any(c.func in LEARNED_FUNCTIONS or c.func == "combine" for e in self._box_exprs(b) for c in ir.calls_in(e)):
+                continue
             key = (b.pos.file, b.pos.line, b.pos.col, b.freq, b.heads, plan.lss,
                    repr(reads[b.name][0]),
                    repr([ir.strip_positions(getattr(b, f)) for f in BOX_FIELDS if getattr(b, f) is not None]))
