@@ -94,13 +94,23 @@ def check(spec: str = typer.Argument(..., help="a spec file (.nest / .yaml) or a
     def run():
         from .codegen import generate
         from .compat import unsupported
+        from .compiler import is_optimizer_spec, resolve_for_compile
         from .levels import build
+        from .loader import load
         from .views import print_warnings
 
         program = _program(spec, set_)
         lg = build(program)
         lowering = unsupported(program)
-        generate(program, lg)  # what only code generation finds (a read a box cannot give, ...)
+        # what only code generation finds (a read a box cannot give, a function an optimizer
+        # box's rules cannot run, ...), on the program as `nestc compile` resolves it: an
+        # optimizer spec compiled on its own is its optimizer
+        loaded = load(spec)
+        if is_optimizer_spec(loaded):
+            target = resolve_for_compile(loaded, _overrides(set_))
+            generate(target, build(target))
+        else:
+            generate(program, lg)
         print_warnings(err_console, program.warnings + lowering)
         n = sum(1 for _ in lg.graph.nodes)
         out.print(f"[bold green]✓[/] {program.name}: {plural(n, 'box')} in "

@@ -80,7 +80,8 @@ FUNCTIONS: dict[str, Fn] = {f.name: f for f in [
     _f("read_after", "box e", "block", "read a memory with its state after the current token's "
        "update"),
     # objectives (per token, summed over the last axis)
-    _f("l2", "a b", "inner opt", "squared L2 distance sum((a - b) ** 2)"),
+    _f("l2", "a b", "inner opt", "squared L2 distance sum((a - b) ** 2); in an optimizer box's rules, l2, "
+       "dot, lp and huber work element by element (its `objective` sums them)"),
     _f("dot", "a b", "inner opt", "dot product sum(a * b); minimising -dot(M(k), v) is Hebbian"),
     _f("lp", "a b p", "inner opt", "sum(abs(a - b) ** p); in a memory box with p < 2, no gradient "
        "flows from an element where a = b exactly (docs/paper-compliance.md, ambiguity 22)"),

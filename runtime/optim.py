@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .kernels.newton_schulz import cubic_newton_schulz, newton_schulz as _ns
+from .ops import huber as _huber
 
 Operand = Any  # list[Tensor] | list[float] | float | Tensor
 
@@ -82,14 +83,15 @@ def neg(a):
     return [-x for x in a] if k == "S" else -a
 
 
-def _unary(name: str, scalar_fn):
+def _unary(name: str, scalar_fn, tensor_fn=None):
     fe = getattr(torch, f"_foreach_{name}", None)
+    tensor_fn = tensor_fn or getattr(torch, name)
 
     def op(a):
         k = kind(a)
         if k == "T":
-            return fe(a) if fe is not None else [getattr(torch, name)(t) for t in a]
-        one = lambda x: getattr(torch, name)(x) if torch.is_tensor(x) else scalar_fn(x)  # noqa: E731
+            return fe(a) if fe is not None else [tensor_fn(t) for t in a]
+        one = lambda x: tensor_fn(x) if torch.is_tensor(x) else scalar_fn(x)  # noqa: E731
         return [one(x) for x in a] if k == "S" else one(a)
 
     return op
@@ -102,6 +104,52 @@ log = _unary("log", math.log)
 sign = _unary("sign", lambda x: (x > 0) - (x < 0))
 sigmoid = _unary("sigmoid", lambda x: 1 / (1 + math.exp(-x)))
 tanh = _unary("tanh", math.tanh)
+relu = _unary("relu", lambda x: builtins.max(x, 0.0))
+silu = _unary("silu", lambda x: x / (1 + math.exp(-x)), torch.nn.functional.silu)
+gelu = _unary("gelu", lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))), torch.nn.functional.gelu)
+softplus = _unary("softplus", lambda x: math.log1p(math.exp(x)), torch.nn.functional.softplus)
+
+
+def _zipped(op):
+    """`op` element by element over operands of any kind (a comparison, `where`): tensor lists
+    have no foreach form of these, so each parameter's tensors go through `op` in turn."""
+
+    def run(*xs):
+        n = next((len(x) for x in xs if kind(x) != "s"), None)
+        if n is None:
+            return op(*xs)
+        return [op(*parts) for parts in zip(*(x if kind(x) != "s" else [x] * n for x in xs))]
+
+    return run
+
+
+mod = _zipped(lambda a, b: a % b)  # floored, like torch.remainder and Python's %
+eq = _zipped(lambda a, b: a == b)
+ne = _zipped(lambda a, b: a != b)
+lt = _zipped(lambda a, b: a < b)
+le = _zipped(lambda a, b: a <= b)
+gt = _zipped(lambda a, b: a > b)
+ge = _zipped(lambda a, b: a >= b)
+
+
+def _where_one(cond, a, b):
+    if torch.is_tensor(cond) or torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.where(torch.as_tensor(cond), a, b)
+    return a if cond else b
+
+
+where = _zipped(_where_one)
+
+
+def _huber_one(d, delta):
+    if not torch.is_tensor(d):
+        return 0.5 * d * d if builtins.abs(d) <= delta else delta * (builtins.abs(d) - 0.5 * delta)
+    return _huber(d, delta)
+
+
+def huber(a, b, delta):
+    """The element-wise Huber loss of a - b (runtime/ops.py's, as memories use it)."""
+    return _zipped(_huber_one)(sub(a, b), delta)
 
 
 def _pick(x, y, greater: bool):

@@ -24,9 +24,11 @@ from ..printer import expr_str
 from ..program import BoxInfo, OptimizerInfo
 from .names import class_name, one_line, py_name
 
-OPS = {"+": "O.add", "-": "O.sub", "*": "O.mul", "/": "O.div", "**": "O.pow"}
+OPS = {"+": "O.add", "-": "O.sub", "*": "O.mul", "/": "O.div", "**": "O.pow", "%": "O.mod",
+       "==": "O.eq", "!=": "O.ne", "<": "O.lt", "<=": "O.le", ">": "O.gt", ">=": "O.ge"}
 UNARY = {"sqrt": "O.sqrt", "abs": "O.abs", "exp": "O.exp", "log": "O.log", "sign": "O.sign",
-         "sigmoid": "O.sigmoid", "tanh": "O.tanh"}
+         "sigmoid": "O.sigmoid", "tanh": "O.tanh", "relu": "O.relu", "silu": "O.silu", "gelu": "O.gelu",
+         "softplus": "O.softplus"}
 
 
 class OptEmitter:
@@ -90,6 +92,8 @@ class OptEmitter:
                 return f"O.clamp({a[0]}, {a[1]}, {a[2]})"
             if f == "lerp":
                 return f"O.lerp({a[0]}, {a[1]}, {a[2]})"
+            if f == "where":
+                return f"O.where({a[0]}, {a[1]}, {a[2]})"
             if f == "grad":
                 return "grads"
             if f in ("rows", "cols"):
@@ -107,6 +111,8 @@ class OptEmitter:
                 return f"O.mul({a[0]}, {a[1]})"
             if f == "lp":
                 return f"O.pow(O.abs(O.sub({a[0]}, {a[1]})), {a[2]})"
+            if f == "huber":
+                return f"O.huber({a[0]}, {a[1]}, {a[2]})"
             raise NestError.at(e.pos, f"`{f}` is not supported in optimizer box {self.where}")
         raise NestError.at(getattr(e, "pos", None), f"cannot generate `{expr_str(e)}` in an optimizer")
 
