@@ -1013,6 +1013,12 @@ class Resolver:
             folded, ty = self._check_soft(a, env.child(what=f"`optimizer {e.func}` of box `{info.name}`"))
             if folded is None:
                 return None
+            if e.func == "newton_schulz" and k == "steps" and (
+                    ty.space != "const" or not isinstance(ty.value, int) or isinstance(ty.value, bool) or ty.value < 1):
+                got = repr(ty.value) if ty.space == "const" else "a value known only at run time"
+                self.err(a.pos, f"`steps` of `optimizer newton_schulz` must be a whole number ≥ 1 known at "
+                         f"compile time, got {got}")
+                return None
             kwargs.append(ir.KwArg(name=k, value=folded, pos=a.pos))
         if e.func == "dgd" and info.state.form not in ("matrix", "mlp", "none"):
             self.err(e.pos, "`dgd` (delta gradient descent) needs a matrix or MLP state")
@@ -1874,6 +1880,9 @@ def _rule_newton_schulz(r, e, fn, args, env):
             v, vt = r.check(args[k], env)
             if vt.space != "const":
                 r.fail(args[k].pos, f"`{k}` of `newton_schulz` must be a constant")
+            if k == "steps" and (not isinstance(vt.value, int) or isinstance(vt.value, bool) or vt.value < 1):
+                # the iteration count shapes the generated code (it was truncated: 0.5 ran none)
+                r.fail(args[k].pos, f"`steps` of `newton_schulz` must be a whole number ≥ 1, got {vt.value!r}")
             kws.append(ir.KwArg(name=k, value=v))
     for k, allowed in (("coefficients", ("muon", "cubic")), ("dtype", ("bfloat16", "float32"))):
         if args.get(k) is not None:

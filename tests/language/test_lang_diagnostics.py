@@ -368,6 +368,47 @@ SEMANTIC = [
 # ------------------------------------------------------------ the level graph and the compiler
 
 LEVELS_AND_COMPILER = [
+    # a fractional or zero iteration count was truncated: `steps=0.5` ran no iteration at all
+    ("newton_schulz_steps_not_a_whole_number", """\
+        spec s
+        param n = 0.5
+
+        box m : memory {
+            state   like(W)
+            context g = grad(W)
+            update  0.9 * M + g
+            every   1 step
+        }
+
+        box W : weights {
+            update W - 0.01 * newton_schulz(m, steps=n)
+            params matrices
+        }
+        """, [(12, 46, "`steps` of `newton_schulz` must be a whole number ≥ 1, got 0.5")]),
+    ("newton_schulz_optimizer_steps_zero", """\
+        spec s
+
+        box m : memory {
+            state   like(W)
+            context g = grad(W)
+            update  0.9 * M + g
+            every   1 step
+        }
+
+        box o : memory {
+            state     like(W)
+            context   u = m
+            values    u
+            optimizer newton_schulz(steps=0)
+            every     1 step
+        }
+
+        box W : weights {
+            update W - 0.01 * o
+            params matrices
+        }
+        """, [(14, 35, "`steps` of `optimizer newton_schulz` must be a whole number ≥ 1 known at "
+                       "compile time, got 0")]),
     ("same_frequency_current_state_cycle", """\
         spec s
 
