@@ -1,8 +1,9 @@
-"""Random memory specs, to find what the hand-written tests miss: any spec the compiler accepts
-must build, run and train; compiled, it must give eager's loss and gradients.
+"""Random memory and optimizer specs, to find what the hand-written tests miss: any spec the
+compiler accepts must build, run and train; compiled, it must give eager's results.
 
     python benchmarks/fuzz_specs.py --seed 1000 --count 300                 # eager, fast
     python benchmarks/fuzz_specs.py --seed 5000 --count 12 --loops unroll,scan  # and compiled
+    python benchmarks/fuzz_specs.py --family optimizer --seed 1000 --count 80 --compiled
 
 Each spec is one block with one or two memory boxes (the second reads the first's output),
 their properties drawn from the pools below: states, initial states, keys, values (self-
@@ -17,12 +18,19 @@ chunk sizes and options (`grad stop`, `grad_state call_start`, `query`, `reset`,
 * with --loops, each loop mode compiled: loss and every gradient within 1e-9 of eager's
   (relative to each gradient's largest entry) or a BAD row.
 
+`--family optimizer`: optimizer specs instead (one to three `like(W)` boxes over the gradients,
+with update rules or objectives, every 1 to 3 steps, and a weights box reading them), each run
+for 7 steps on a small float64 MLP: eager, then with --compiled its compiled step over all
+parameters and, for an element-wise optimizer, per parameter; parameters within 1e-9 of eager's
+(1e-5 where Newton-Schulz runs in float32) or a BAD row.
+
 Exit status 1 when any row is ERR or BAD. Found with earlier versions of this script (then a
 /tmp scratch file; each fixed, each with a test): internal errors for `retention none()`, for
 self-generated values of expressions and for a matrix memory with self-generated values every
 token; `steps N` accepted and ignored; sibling memories with learned generators stacked onto one
 member's parameters; compiled scans with wrong gradients (a call_start memory beside a proximal,
-stop-gradient one) and Adam on chunks that inductor could not compile.
+stop-gradient one) and Adam on chunks that inductor could not compile; in optimizer boxes,
+eleven functions and operators the functions table lists for them that `nestc compile` refused.
 """
 
 from __future__ import annotations
@@ -100,6 +108,104 @@ def random_spec(seed: int) -> str:
     return text + lines + "}\nmodel {\n    dim d_model\n    repeat 2 { layer }\n}\n"
 
 
+G_CONTEXTS = ["grad(W)", "grad(W) + 0.01 * W", "grad(W) * grad(W)", "sign(grad(W))", "clamp(grad(W), -0.5, 0.5)"]
+G_RATES = ["0.1", "1 - 0.9", "0.5", "1.0"]
+G_OBJECTIVES = ["0.5 * l2(M, g)", "l2(M, g)", "-dot(M, g)", "huber(M, g, 0.1)", "0.5 * l2(M, g * g)",
+                "lp(M, g, 1.5)"]
+G_OPTIMIZERS = [None, "gd()"]
+G_UPDATES = ["0.9 * M + g", "0.9 * M + 0.1 * g", "M + g * g", "max(0.99 * M, abs(g))", "lerp(M, g, 0.1)",
+             "0.5 * M + 0.5 * sign(g)", "where(g > 0, M + g, 0.9 * M)", "0.9 * M + silu(g) - gelu(g)",
+             "0.8 * M + relu(g) + softplus(-abs(g))", "where(step > 2, 0.9 * M + g, g)", "M + (g < 0) * g",
+             "0.9 * M + g % 0.01", "0.5 * M + huber(M, g, 0.01)"]
+G_EVERY = ["1 step", "1 step", "2 steps", "3 steps"]
+G_RETENTIONS = [None, "0.9 * M", "(1 - 0.01) * M"]
+W_UPDATES = ["W - lr * {a}", "W - lr * {a} / (sqrt(abs({b})) + 1e-8)", "W - lr * sign({a})",
+             "W - lr * ({a} + 0.5 * {b})", "W - lr / (1 - 0.9 ** step) * {a}",
+             'W - lr * newton_schulz({a}, steps=3, dtype="float32")', "W - lr * tanh({a}) * {b}"]
+
+
+def optimizer_box(rng: random.Random, name: str, earlier: str | None) -> str:
+    context = rng.choice(G_CONTEXTS + ([earlier] if earlier else []))
+    props = [("state", "like(W)"), ("context", f"g = {context}")]
+    if rng.random() < 0.5:
+        props.append(("update", rng.choice(G_UPDATES)))
+    else:
+        props += [("lr", rng.choice(G_RATES)), ("objective", rng.choice(G_OBJECTIVES))]
+        props += [("optimizer", o) for o in [rng.choice(G_OPTIMIZERS)] if o]
+        props += [("retention", r) for r in [rng.choice(G_RETENTIONS)] if r]
+    props.append(("every", rng.choice(G_EVERY)))
+    return f"box {name} : memory {{\n" + "".join(f"    {k} {v}\n" for k, v in props) + "}\n"
+
+
+def random_optimizer_spec(seed: int) -> str:
+    rng = random.Random(seed)
+    names = ["A", "B", "C"][:rng.choice([1, 2, 2, 3])]
+    text = 'spec fuzzopt "a random optimizer"\nparam lr = 0.01\n'
+    for i, name in enumerate(names):
+        text += optimizer_box(rng, name, names[i - 1] if i and rng.random() < 0.4 else None)
+    update = rng.choice(W_UPDATES).format(a=rng.choice(names), b=rng.choice(names))
+    text += f"box W : weights {{\n    update {update}\n"
+    if rng.random() < 0.3:
+        text += "    retention (1 - lr * 0.01) * M\n"
+    if "newton_schulz" in update or rng.random() < 0.2:
+        text += "    params matrices\n"
+    return text + "}\n"
+
+
+def optimizer_steps(cls, group: str, start: dict, mode: str, steps: int = 7) -> list[torch.Tensor]:
+    """The parameters of a small float64 MLP after `steps` steps of the optimizer (`mode`: eager,
+    compiled, per_tensor) on a regression batch drawn from a fixed seed."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    model.load_state_dict(start)
+    opt = cls([p for p in model.parameters() if group != "matrices" or p.ndim == 2])
+    if mode != "eager":
+        torch._dynamo.reset()
+        opt.compile_steps(per_tensor=mode == "per_tensor")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.randn(16, 6, generator=gen, dtype=torch.float64)
+        y = torch.randn(16, 3, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def run_optimizer_spec(compiled, text: str, seed: int, modes: list[str], show: bool) -> tuple[str, int]:
+    """('ran' | 'diverged', how many ERR or BAD rows) for one optimizer spec."""
+    (_, group, cls, _), = compiled.module.OPTIMIZERS
+    torch.manual_seed(0)
+    start = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double().state_dict()
+    try:
+        eager = optimizer_steps(cls, group, start, "eager")
+    except Exception as e:  # noqa: BLE001 - an internal error is what this looks for
+        print(f"ERR  seed {seed}: eager steps: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        print(text * show, end="")
+        return "ran", 1
+    if not all(torch.isfinite(p).all() for p in eager):
+        return "diverged", 0
+    failed = 0
+    for mode in modes:
+        if mode == "per_tensor" and not cls.ELEMENTWISE:
+            continue
+        start_time = time.time()
+        try:
+            got = optimizer_steps(cls, group, start, mode)
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            print(f"ERR  seed {seed} {mode}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            print(text * show, end="")
+            continue
+        worst = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item() for a, b in zip(eager, got))
+        ok = worst <= (1e-5 if "newton_schulz" in text else 1e-9)
+        failed += not ok
+        print(f"{'OK ' if ok else 'BAD'}  seed {seed} {mode:10} parameters {worst:.1e} ({time.time() - start_time:.0f} s; "
+              f"{'element-wise' if cls.ELEMENTWISE else 'whole matrices'})", flush=True)
+        print(text * (show and not ok), end="")
+    return "ran", failed
+
+
 def worst_gradient(model, grads_a, grads_b) -> tuple[float, str]:
     worst, where = 0.0, "-"
     for (name, _), a, b in zip(model.named_parameters(), grads_a, grads_b):
@@ -117,7 +223,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0, help="the first spec's seed (then seed + 1, ...)")
     ap.add_argument("--count", type=int, default=100, help="how many specs to run (refusals not counted)")
-    ap.add_argument("--loops", default="", help=f"comma-separated loop modes to compile in ({', '.join(LOOP_MODES)})")
+    ap.add_argument("--family", default="memory", choices=["memory", "optimizer"], help="which specs to draw")
+    ap.add_argument("--loops", default="", help=f"memory specs: comma-separated loop modes to compile in ({', '.join(LOOP_MODES)})")
+    ap.add_argument("--compiled", action="store_true", help="optimizer specs: also the compiled steps (all "
+                    "parameters at once, and per parameter)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--show", action="store_true", help="print each ERR or BAD row's spec")
     a = ap.parse_args()
@@ -126,15 +235,22 @@ def main() -> None:
     for m in modes:
         if m not in LOOP_MODES:
             ap.error(f"--loops: {m!r} is not one of {', '.join(LOOP_MODES)}")
+    if a.family == "optimizer" and modes:
+        ap.error("--loops compiles memory specs; for optimizer specs, use --compiled")
+    if a.family == "memory" and a.compiled:
+        ap.error("--compiled is for --family optimizer; memory specs compile with --loops")
+    if a.family == "optimizer":
+        modes = ["compiled", "per_tensor"] if a.compiled else []
     info = machine()
-    print(f"fuzz_specs: seeds from {a.seed}, {a.count} specs run, loops {a.loops or '(eager only)'}; "
-          f"{info['cpu']}, torch {info['torch']}, commit {info['commit']}", flush=True)
+    print(f"fuzz_specs: {a.family} specs, seeds from {a.seed}, {a.count} run, compiled: "
+          f"{', '.join(modes) or '(eager only)'}; {info['cpu']}, torch {info['torch']}, commit {info['commit']}",
+          flush=True)
     refusals: collections.Counter = collections.Counter()
     ran = diverged = failed = 0
     seed = a.seed - 1
     while ran < a.count:
         seed += 1
-        text = random_spec(seed)
+        text = (random_optimizer_spec if a.family == "optimizer" else random_spec)(seed)
         try:
             compiled = nestc.compile("fuzz.nest", text=text)
         except NestError as e:
@@ -146,6 +262,11 @@ def main() -> None:
             print(text * a.show, end="")
             continue
         ran += 1
+        if a.family == "optimizer":
+            outcome, bad = run_optimizer_spec(compiled, text, seed, modes, a.show)
+            diverged += outcome == "diverged"
+            failed += bad
+            continue
         torch.manual_seed(0)
         model = compiled.model(30).double()
         x, y = torch.randint(0, 30, (2, 13)), torch.randint(0, 30, (2, 13))
@@ -179,7 +300,7 @@ def main() -> None:
             print(f"{'OK ' if ok else 'BAD'}  seed {seed} {mode:6} loss {dl:.1e} grads {dg:.1e} at {where} "
                   f"({time.time() - start:.0f} s; {rules})", flush=True)
             print(text * (a.show and not ok), end="")
-    print(f"{ran} specs ran ({diverged} with a non-finite loss), {sum(refusals.values())} refused, "
+    print(f"{ran} specs ran ({diverged} with a non-finite result), {sum(refusals.values())} refused, "
           f"{failed} ERR or BAD rows")
     for message, n in refusals.most_common(8):
         print(f"  refused {n:3}×  {message}")
