@@ -403,8 +403,30 @@ def _check_prefix_reads(program: Program, errors: Collector) -> None:
                                  hint=f"add `segment N` to box `{b.name}`, or drop `prefix=`")
 
 
+def _check_lss_reads(program: Program, errors: Collector) -> None:
+    """`values lss` is the loss gradient at the box's output: with the box read at several
+    places, there are several outputs, and which gradient it learns from is not implemented
+    (the generated code lost the probe and failed at the first step)."""
+    for block in program.blocks.values():
+        local = {program.boxes[q].name: program.boxes[q] for q in block.boxes if q in program.boxes}
+        reads: dict[str, list[ir.Call]] = {}
+        for st in block.statements:
+            for c in ir.calls_in(st.value):
+                name = c.args[0].id if c.func in ("read_before", "read_after") and c.args \
+                    and isinstance(c.args[0], ir.Name) else c.func
+                if name in local and _uses_lss(local[name]):
+                    reads.setdefault(name, []).append(c)
+        for name, calls in reads.items():
+            for c in calls[1:]:
+                errors.error(c.pos, f"box `{name}` learns from `lss`, the loss gradient at its output, "
+                             f"so it can be read at one place only; it is read at line {calls[0].pos.line} too",
+                             hint="read it once into a `let` to use its output at several places, or give "
+                                  f"each place a box of its own (`box {name}2 : memory like {name}`)")
+
+
 def plan(program: Program, errors: Collector) -> dict[str, BoxPlan]:
     _check_prefix_reads(program, errors)
+    _check_lss_reads(program, errors)
     plans: dict[str, BoxPlan] = {}
     for q, b in program.boxes.items():
         p = _plan_box(b, errors)

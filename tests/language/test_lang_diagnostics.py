@@ -368,6 +368,27 @@ SEMANTIC = [
 # ------------------------------------------------------------ the level graph and the compiler
 
 LEVELS_AND_COMPILER = [
+    # the generated code lost the local surprise probe: an AttributeError at the first step
+    ("lss_box_read_twice", """\
+        spec s
+        block layer {
+            box cms : memory {
+                state     mlp(8, expansion=2)
+                keys      in
+                values    lss
+                objective dot(M(k), v)
+                every     4 tokens
+            }
+            let h = rmsnorm(x)
+            x = x + cms(h)
+            x = x + cms(rmsnorm(x))
+        }
+        model {
+            dim 8
+            repeat 1 { layer }
+        }
+        """, [(12, 13, "box `cms` learns from `lss`, the loss gradient at its output, so it can be "
+                       "read at one place only; it is read at line 11 too")]),
     # a fractional or zero iteration count was truncated: `steps=0.5` ran no iteration at all
     ("newton_schulz_steps_not_a_whole_number", """\
         spec s
