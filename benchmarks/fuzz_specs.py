@@ -7,8 +7,11 @@ compiler accepts must build, run and train; compiled, it must give eager's resul
 
 Each spec is one block with one or two memory boxes (the second reads the first's output),
 their properties drawn from the pools below: states, initial states, keys, values (self-
-generated ones included), learning rates, objectives, retentions, optimizers, update rules,
-chunk sizes and options (`grad stop`, `grad_state call_start`, `query`, `reset`, ...). Per spec:
+generated ones and `lss` included), learning rates, objectives, retentions, optimizers, update
+rules, chunk sizes in tokens or steps, and options (`grad stop`, `grad_state call_start`,
+`query`, `reset`, ...); sometimes an attention box before them (windows, persistent tokens,
+rope, segments with the memory's tokens as a prefix), and sometimes the block inside another
+one. Per spec:
 
 * `nestc.compile`: a NestError (a one-screen diagnostic) is a refusal, counted by message;
   any other exception is an ERR row (an internal error reaches users as one);
@@ -16,7 +19,8 @@ chunk sizes and options (`grad stop`, `grad_state call_start`, `query`, `reset`,
   ERR row; a non-finite loss is counted apart (random rates and unnormalised keys can diverge:
   `dgd(step=neurips)` with |k|² = 4 multiplies the state by -3 at each token);
 * with --loops, each loop mode compiled: loss and every gradient within 1e-9 of eager's
-  (relative to each gradient's largest entry) or a BAD row.
+  (relative to each gradient's largest entry) or a BAD row; with --train as well, the
+  parameters after 4 training steps (SGD, the trainer's level schedule), within 1e-9.
 
 `--family optimizer`: optimizer specs instead (one to three `like(W)` boxes over the gradients,
 with update rules or objectives, every 1 to 3 steps, and a weights box reading them), each run
@@ -29,7 +33,8 @@ Exit status 1 when any row is ERR or BAD. Found with earlier versions of this sc
 self-generated values of expressions and for a matrix memory with self-generated values every
 token; `steps N` accepted and ignored; sibling memories with learned generators stacked onto one
 member's parameters; compiled scans with wrong gradients (a call_start memory beside a proximal,
-stop-gradient one) and Adam on chunks that inductor could not compile; in optimizer boxes,
+stop-gradient one) and Adam on chunks that inductor could not compile; a memory with `lss`
+values read at two places (the first step failed); in optimizer boxes,
 eleven functions and operators the functions table lists for them that `nestc compile` refused.
 """
 
@@ -51,7 +56,7 @@ import nestc  # noqa: E402
 from nestc.diagnostics import NestError  # noqa: E402
 from nestc.runtime.bench import machine  # noqa: E402
 from nestc.runtime.ops import LOOP_MODES  # noqa: E402
-from nestc.runtime.train import make_loss_fns, signals  # noqa: E402
+from nestc.runtime.train import make_loss_fns, make_optimizer, signals, training_loss  # noqa: E402
 from small_models import loss_and_grads  # noqa: E402
 
 STATES = ["matrix(d_head, d_head)", "matrix(d_head, 4)", "mlp(d_head, depth=2, expansion=2)",
@@ -60,7 +65,7 @@ STATES = ["matrix(d_head, d_head)", "matrix(d_head, 4)", "mlp(d_head, depth=2, e
 INITS = ["zeros()", "meta", "random(std=0.2)", "identity()"]
 KEYS = ["l2norm(linear(in, d_model), groups=heads)", "in", "silu(conv(linear(in, d_model), 3))",
         "l2norm(g, groups=heads)"]
-VALUES = ["linear(in, d_model)", "in", "M(in)", "stop_grad(M(linear(in, d_model)))",
+VALUES = ["lss", "linear(in, d_model)", "in", "M(in)", "stop_grad(M(linear(in, d_model)))",
           "tanh(linear(in, d_model))", "0.5 * M(g) + linear(in, d_model)", "g"]
 RATES = ["0.1", "sigmoid(linear(in, heads))", "0.2 * softplus(linear(in, heads))", "1.0"]
 OBJECTIVES = ["l2(M(k), v)", "-dot(M(k), v)", "dot(M(k), v)", "lp(M(k), v, 1.5)", "huber(M(k), v, 0.5)",
@@ -71,7 +76,7 @@ RETENTIONS = [None, "gate(sigmoid(linear(in, heads) + 2.0))", "decay(sigmoid(lin
 OPTIMIZERS = [None, "gd()", "momentum(0.6)", "momentum(sigmoid(linear(in, heads)))", "dgd()",
               "dgd(step=neurips)", "adam(0.9, 0.99, 1e-6)"]
 UPDATES = ["M + lr * outer(v - M(k), k)", "0.9 * M + 0.1 * outer(v, k)"]  # square matrices only
-EVERY = ["1 tokens", "1 tokens", "2 tokens", "3 tokens", "4 tokens"]
+EVERY = ["1 tokens", "1 tokens", "2 tokens", "3 tokens", "4 tokens", "1 steps", "2 steps"]
 OPTIONS = [None, "grad stop", "reset 6", "query l2norm(linear(in, d_model), groups=heads)",
            "grad_state call_start", "read before"]
 READS = ["mem(h)", "mem(h)", "read_before(mem, h)"]
@@ -87,24 +92,43 @@ def box(rng: random.Random, name: str) -> str:
         props.append(("objective", rng.choice(OBJECTIVES)))
         props += [("optimizer", o) for o in [rng.choice(OPTIMIZERS)] if o]
     props += [("retention", r) for r in [rng.choice(RETENTIONS)] if r]
+    if dict(props)["every"].endswith("steps"):
+        # a level that learns across sequences: the form the compiler has for it (CMS's, one
+        # backprop step on the loss gradient at its output)
+        props = [(k, v) for k, v in props if k not in ("values", "objective", "optimizer", "retention", "update")]
+        props += [("values", "lss"), ("objective", "dot(M(k), v)")]
+        return f"    box {name} : memory {{\n" + "".join(f"        {k} {v}\n" for k, v in props) + "    }\n"
     option = rng.choice(OPTIONS)
     body = "".join(f"        {k} {v}\n" for k, v in props) + (f"        {option}\n" if option else "")
     return f"    box {name} : memory {{\n{body}    }}\n"
+
+
+ATTENTION = [None, None, "", "window 4", "persistent 2", "rope true", "segment 4", "segment 4\n        persistent 1",
+             "window 3\n        rope true"]
 
 
 def random_spec(seed: int) -> str:
     rng = random.Random(seed)
     read = rng.choice(READS)
     two = rng.random() < 0.4
+    attention = rng.choice(ATTENTION)
+    nested = rng.random() < 0.3
     text = ('spec fuzz "a random spec"\nparam d_model = 8\nparam heads = 2\nparam d_head = d_model / heads\n'
             "block layer {\n" + box(rng, "mem"))
     lines = "    let h = rmsnorm(x)\n    let g = linear(h, d_model)\n"
+    if attention is not None:  # softmax attention before the memories, maybe with their tokens as a prefix
+        text += f"    box attn : attention {{\n        heads heads\n        {attention}\n    }}\n"
+        prefix = ", prefix=mem(h)" if "segment" in attention and rng.random() < 0.5 else ""
+        lines += f"    x = x + linear(attn(h{prefix}), d_model)\n"
     if two:
         text += box(rng, "mem2").replace("M(g)", "M(in)")
         lines += (f"    let a = {read}\n"
                   "    x = x + linear(a, d_model) + linear(mem2(h + linear(a, d_model)), d_model)\n")
     else:
         lines += f"    x = x + linear({read}, d_model)\n"
+    if nested:  # the block inside another one
+        return (text + lines + "}\nblock outer {\n    x = layer(x)\n    x = x + swiglu(rmsnorm(x), 16)\n}\n"
+                "model {\n    dim d_model\n    repeat 2 { outer }\n}\n")
     return text + lines + "}\nmodel {\n    dim d_model\n    repeat 2 { layer }\n}\n"
 
 
@@ -206,6 +230,50 @@ def run_optimizer_spec(compiled, text: str, seed: int, modes: list[str], show: b
     return "ran", failed
 
 
+def trained(compiled, start: dict, loops: str | None, steps: int = 4) -> list[torch.Tensor]:
+    """The parameters after `steps` training steps from `start` (SGD, lr 0.05, the trainer's level
+    schedule: a memory that learns every C steps steps every C steps), eager (loops None) or
+    compiled in that loop mode."""
+    torch.manual_seed(0)
+    model = compiled.model(30).double()
+    model.load_state_dict(start)
+    opt = make_optimizer(compiled, model, override="sgd", settings={"lr": 0.05})
+    if loops is not None:
+        torch._dynamo.reset()
+        opt.compile_steps()
+    fns = make_loss_fns(model, compile=loops is not None, loops=loops or "unroll")
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randint(0, 30, (2, 13), generator=gen), torch.randint(0, 30, (2, 13), generator=gen)
+        opt.zero_grad()
+        training_loss(model, fns, x, y).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def check_training(compiled, model, seed: int, modes: list[str]) -> int:
+    """Rows for 4 training steps compiled in each mode against eager; how many are ERR or BAD."""
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        eager = trained(compiled, start, None)
+    except Exception as e:  # noqa: BLE001 - an internal error is what this looks for
+        print(f"ERR  seed {seed}: eager training: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        return 1
+    failed = 0
+    for mode in modes:
+        try:
+            got = trained(compiled, start, mode)
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            print(f"ERR  seed {seed} {mode} training: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            continue
+        worst = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item() for a, b in zip(eager, got))
+        ok = worst <= 1e-9
+        failed += not ok
+        print(f"{'OK ' if ok else 'BAD'}  seed {seed} {mode:6} 4 training steps: parameters {worst:.1e}", flush=True)
+    return failed
+
+
 def worst_gradient(model, grads_a, grads_b) -> tuple[float, str]:
     worst, where = 0.0, "-"
     for (name, _), a, b in zip(model.named_parameters(), grads_a, grads_b):
@@ -228,6 +296,8 @@ def main() -> None:
     ap.add_argument("--compiled", action="store_true", help="optimizer specs: also the compiled steps (all "
                     "parameters at once, and per parameter)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train", action="store_true", help="memory specs: also 4 training steps (levels that learn "
+                    "every C steps update in them), eager, and with --loops compiled against eager")
     ap.add_argument("--show", action="store_true", help="print each ERR or BAD row's spec")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -280,6 +350,8 @@ def main() -> None:
         if not torch.isfinite(loss):
             diverged += 1
             continue
+        if a.train:
+            failed += check_training(compiled, model, seed, modes)
         rules = " ".join(r for r in compiled.module.__doc__.split("Lowering:")[1].split() if "_" in r and ":" not in r)
         for mode in modes:
             start = time.time()
