@@ -1159,17 +1159,19 @@ class GeneralMemory(DeepMemory):
         the cadence audit's recorder or resets after a token count (they act between tokens, in
         Python), nor where a stream is not one slice per token, nor without a query (generated
         code always reads; a scan with no per-token output failed under torch.compile in torch
-        2.13: IndexError in its backward)."""
+        2.13: IndexError in its backward). Resets after a token count run inside the scan
+        (`_resets_in_scan`)."""
         from .ops import loop_mode
 
         # Adam on chunks of several tokens: torch 2.13's inductor cannot compile the region calls
-        # (AssertionError: subgraph args must have consistent values!), so those run as a scan
-        # in loop modes unroll and region too (call mode lowers no scan; there it still fails)
+        # (AssertionError: subgraph args must have consistent values!, or with `reset N` NaN
+        # gradients), so those run as a scan in loop modes unroll and region too (call mode
+        # lowers no scan: `train.check_call_loops` refuses it)
         adam_chunks = self.scans_adam_chunks() and loop_mode() in ("unroll", "region")
         if not (torch.compiler.is_compiling() and (loop_mode() == "scan" or adam_chunks) and length > 1
                 and query is not None):
             return False
-        if self._acts_between_segments():
+        if self.recorder is not None:
             return False
         tensors = [v for v in (*streams.values(), *per_token.values(), query) if torch.is_tensor(v)]
         return all(v.dim() >= 3 and v.shape[2] == length for v in tensors)
@@ -1183,6 +1185,7 @@ class GeneralMemory(DeepMemory):
         reads at its start state, as the loop makes them."""
         period, offset = self.s.period, state["offset"]
         commits = [(offset + t + 1) % period == 0 for t in range(length)]
+        resets = self._resets_in_scan(state, length, commits)
         keys = [k for k in CARRIED if k in state]
         # fresh contiguous tensors: a scan's carry may not alias its input (W is often M)
         init = {k: [x.clone(memory_format=torch.contiguous_format) for x in state[k]] for k in keys}
@@ -1196,8 +1199,18 @@ class GeneralMemory(DeepMemory):
               "c": {k: v.movedim(2, 0)[..., None, None] for k, v in per_token.items() if torch.is_tensor(v)},
               "commit": torch.tensor(commits, device=like.device)}
         xs["q"] = tokens(query)
-        if self.adam is not None:  # bias corrections per token, from the steps so far
-            per_step = [self._bias_corrections(state["steps"] + t + 1) for t in range(length)]
+        fresh = None
+        if any(resets):  # the state a reset starts again from, and a 0/1 flag per token
+            start = self.initial_state(like.shape[0])
+            fresh = {k: [x.contiguous() for x in start[k]] for k in (*keys, "W")}
+            xs["reset"] = torch.tensor(resets, device=like.device)
+        steps = state.get("steps", 0)
+        if self.adam is not None:  # bias corrections per token, from the steps since the last reset
+            per_step = []
+            for t in range(length):
+                steps += 1
+                per_step.append(self._bias_corrections(steps))
+                steps = 0 if resets[t] else steps
             for k, vs in zip(("bc1", "bc2"), zip(*per_step)):
                 xs["c"][k] = torch.tensor(vs, dtype=like.dtype, device=like.device)
         fns = _resolved(fns)
@@ -1211,15 +1224,28 @@ class GeneralMemory(DeepMemory):
             ys = self.apply(W if read == "before" else new["M"], x["q"]).clone()
             out = {k: [v.clone(memory_format=torch.contiguous_format) for v in new[k]] for k in keys}
             out["W"] = [torch.where(x["commit"], m, w) for m, w in zip(out["M"], W)]
+            if fresh is not None:
+                out = {k: [torch.where(x["reset"], f, v) for f, v in zip(fresh[k], vs)] for k, vs in out.items()}
             return out, ys
 
         final, ys = scan(body, init, xs)
         state = dict(state, **{k: list(final[k]) for k in keys})
         state["W"] = list(final["W"])
         if self.adam is not None:
-            state["steps"] += length
+            state["steps"] = steps
         state = _after_segment(state, length, period, commits[-1], flush, None, self.s.name)
+        state = self._maybe_reset(state)
         return ys.movedim(0, 2).flatten(2, 3), state  # [B, H, T, d]
+
+    def _resets_in_scan(self, state: dict, length: int, commits: list[bool]) -> list[bool]:
+        """Per token of a scanned call, whether the state starts again from the initial one after
+        it: where the token-by-token loop's `_maybe_reset` does, at a chunk boundary whose
+        position is a multiple of `reset`. The call's last token is left to that Python check
+        after the scan (a flush may end its chunk there)."""
+        r = self.s.reset
+        if not isinstance(r, int) or isinstance(r, bool):
+            return [False] * length
+        return [commits[t] and (state["pos"] + t + 1) % r == 0 and t < length - 1 for t in range(length)]
 
     def _bias_corrections(self, n: int) -> tuple[float, float]:
         """Adam's bias corrections 1 - beta1^n and 1 - beta2^n at its n-th step."""

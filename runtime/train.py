@@ -243,6 +243,24 @@ def check_shared_first_pass(model: nn.Module) -> None:
                            hint="use --first-pass frozen (the default) for this spec")
 
 
+def check_call_loops(model: nn.Module, loops: str) -> None:
+    """A user error for loop mode "call" with a general-rule memory running Adam on chunks of
+    several tokens: its per-token region calls do not compile with torch 2.13's inductor (an
+    internal error, "subgraph args must have consistent values!", or with `reset N`, NaN
+    gradients); the other modes run its tokens as a scan, which call mode cannot lower."""
+    if loops != "call":
+        return
+    from .memory import GeneralMemory
+
+    for m in model.modules():
+        if isinstance(m, GeneralMemory) and m.scans_adam_chunks():
+            from nestc.diagnostics import NestError, Pos
+
+            raise NestError.at(Pos(file="--loops"), f"`--loops call` cannot compile box `{m.s.name}`: Adam on "
+                               f"chunks of {m.s.period} tokens runs as a scan, which call loops do not lower",
+                               hint="use --loops unroll (the default), region or scan")
+
+
 def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll",
                   first_pass: str = "frozen", **compile_kw) -> LossFns:
     """The two passes of a training step, eager or compiled.
@@ -283,6 +301,7 @@ def make_loss_fns(model: nn.Module, compile: bool = False, loops: str = "unroll"
     compile_kw.setdefault("dynamic", False)
     from .memory import GeneralMemory
 
+    check_call_loops(model, loops)
     if loops == "scan" or any(isinstance(m, GeneralMemory) and m.scans_adam_chunks() for m in model.modules()):
         # Inductor's joint-graph constant folding gave wrong gradients through a scan (a memory
         # with grad_state call_start beside a general-rule memory with proximal retention and

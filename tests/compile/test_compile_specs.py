@@ -304,6 +304,7 @@ block layer {
         retention proximal(0.1)
         optimizer momentum(sigmoid(linear(in, heads)))
         every     3 tokens
+        reset     6
     }
     box dgd_prox : memory {
         heads     heads
@@ -329,6 +330,7 @@ block layer {
         optimizer adam(0.9, 0.99, 1e-6)
         every     1 tokens
         read      after
+        reset     4
     }
     let h = rmsnorm(x)
     x = x + linear(combine(hebb(h), mom_prox(h), dgd_prox(h), adam_gate(h)), d_model)
@@ -346,7 +348,9 @@ def test_general_rule_variants_compiled_equal_eager_in_one_call_and_in_pieces(lo
     """The region calls (the default) and the token scan (loop mode "scan") against the eager
     token-by-token loop: the training loss and every gradient over 8 tokens, and a stream fed
     in pieces of 5 and 3 tokens (two compiled calls, the second starting mid-chunk, with
-    moments, step counts and committed states carried) against one eager call."""
+    moments, step counts and committed states carried) against one eager call. Two boxes start
+    again from their initial state every few tokens (`reset`): in the scan, inside a call, at
+    positions 4 and 6 of the stream."""
     from nestc.runtime.ops import set_loop_mode
 
     set_loop_mode(loops)
@@ -706,6 +710,27 @@ def test_adam_on_chunks_of_several_tokens_compiles_and_equals_eager(loops, reque
     scan there (runtime/memory.py `_can_scan_tokens`). Every 1 token (examples/adam_memory.nest)
     keeps the region calls."""
     _assert_compiled_equals_eager_in_float64("adam_chunks.nest", ADAM_CHUNKS, loops, request)
+
+
+ADAM_CHUNKS_RESET = ADAM_CHUNKS.replace("every     4 tokens", "every     4 tokens\n        reset     8")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loops", ["unroll", "scan"])
+def test_adam_on_chunks_with_resets_compiles_to_eager_gradients(loops, request):
+    """The same memory starting again from its initial state every 8 tokens: a reset kept the
+    per-token region calls (it acted between tokens, in Python), and inductor's region calls gave
+    NaN gradients in every loop mode (aot_eager's were right). The resets now run inside the
+    token scan (a 0/1 flag per token, Adam's step count starting again with them)."""
+    _assert_compiled_equals_eager_in_float64("adam_chunks_reset.nest", ADAM_CHUNKS_RESET, loops, request)
+
+
+def test_call_loops_refuse_adam_on_chunks():
+    from nestc.diagnostics import NestError
+
+    model = nestc.compile("adam_chunks.nest", text=ADAM_CHUNKS).model(30)
+    with pytest.raises(NestError, match="`--loops call` cannot compile box `mem`"):
+        make_loss_fns(model, compile=True, loops="call")
 
 
 @pytest.mark.slow
