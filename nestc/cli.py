@@ -85,6 +85,29 @@ def _program(spec: str, sets: list[str]):
     return resolve(loaded, _overrides(sets))
 
 
+def _check_bench_model(spec: str, overrides: dict, loops: str | None) -> None:
+    """What the benchmark's child processes would otherwise stop on as an internal error: a spec
+    with no optimizer to train with, a loop mode that cannot compile one of its boxes. The model
+    is built on the meta device (no memory, no arithmetic)."""
+    import torch
+
+    import nestc
+
+    from .runtime.train import check_call_loops, make_optimizer
+
+    compiled = nestc.compile(spec, overrides)
+    with torch.device("meta"):
+        model = compiled.model()
+    if not compiled.module.OPTIMIZERS:  # (make_optimizer's own hint names train's --optimizer)
+        raise NestError.at(Pos(file=compiled.program.path or compiled.program.name),
+                           f"spec {compiled.program.name} has no optimizer, and `nestc bench` times "
+                           "its training step", hint="give it a train section with an optimizer, e.g. "
+                           "`train { optimizer adamw(lr=1e-3) }`")
+    make_optimizer(compiled, model)
+    if loops is not None:
+        check_call_loops(model, loops)
+
+
 # ------------------------------------------------------------------------------------- check
 @app.command()
 def check(spec: str = typer.Argument(..., help="a spec file (.nest / .yaml) or a built-in name"),
@@ -433,6 +456,8 @@ def bench(spec: str = typer.Argument(..., help="a spec file or a built-in name")
         check_precision(precision)
         if not no_compile:
             check_loops_precision(loops, precision)
+        _check_bench_model(spec, overrides, loops if not no_compile else None)
+
         def warn_if_busy(share, when):
             warning = busy_warning(share, when)
             if warning:

@@ -128,3 +128,43 @@ def test_the_log_view_prints_each_phase_once_and_the_time_of_a_long_one(monkeypa
         stage + "first step (compiles)",
         stage + "first step (compiles): 30.0 s",
         stage + "timed steps (3)"]  # 0.7 s until the end: no time line
+
+
+# a general-rule memory running Adam on chunks of 4 tokens (tests/compile ADAM_CHUNKS), which
+# call loops cannot compile
+ADAM_CHUNKS = """spec adam_chunks "Adam on the inner objective, updated every 4 tokens"
+block layer {
+    box mem : memory {
+        heads     2
+        state     mlp(4, depth=2, expansion=2)
+        keys      in
+        values    tanh(linear(in, 8))
+        objective l2(M(k), v)
+        optimizer adam(0.9, 0.99, 1e-6)
+        every     4 tokens
+    }
+    x = x + linear(mem(rmsnorm(x)), 8)
+}
+model {
+    dim 8
+    repeat 1 { layer }
+}
+"""
+
+
+def test_bench_refuses_a_spec_without_an_optimizer_up_front(tmp_path):
+    """It was an internal error from the eager step's process ("RuntimeError: ... NestError"),
+    whose hint named train's --optimizer, which bench does not have."""
+    spec = tmp_path / "adam_chunks.nest"
+    spec.write_text(ADAM_CHUNKS)
+    out = assert_user_error(nestc_cli("bench", str(spec), "--no-compile"), "has no optimizer", "train {")
+    assert "--optimizer" not in out
+
+
+def test_train_and_bench_refuse_call_loops_for_adam_on_chunks(tmp_path):
+    spec = tmp_path / "adam_chunks.nest"
+    spec.write_text(ADAM_CHUNKS.replace("model {", "train {\n    optimizer adamw(lr=1e-3)\n}\nmodel {"))
+    for r in (nestc_cli("bench", str(spec), "--loops", "call"),
+              nestc_cli("train", str(spec), "--compile", "--loops", "call", "--steps", "2", "-o", str(tmp_path / "run"))):
+        assert_user_error(r, "`--loops call` cannot compile box `mem`", "--loops unroll")
+    assert not (tmp_path / "run").exists()
