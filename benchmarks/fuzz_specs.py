@@ -148,6 +148,16 @@ W_UPDATES = ["W - lr * {a}", "W - lr * {a} / (sqrt(abs({b})) + 1e-8)", "W - lr *
              'W - lr * newton_schulz({a}, steps=3, dtype="float32")', "W - lr * tanh({a}) * {b}"]
 
 
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """b's largest difference from a, relative to a's largest entry."""
+    return ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
+
+
+def small_mlp() -> torch.nn.Module:
+    """The float64 regression model optimizer specs train."""
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+
+
 def optimizer_box(rng: random.Random, name: str, earlier: str | None) -> str:
     context = rng.choice(G_CONTEXTS + ([earlier] if earlier else []))
     props = [("state", "like(W)"), ("context", f"g = {context}")]
@@ -180,7 +190,7 @@ def optimizer_steps(cls, group: str, start: dict, mode: str, steps: int = 7) -> 
     """The parameters of a small float64 MLP after `steps` steps of the optimizer (`mode`: eager,
     compiled, per_tensor) on a regression batch drawn from a fixed seed."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    model = small_mlp()
     model.load_state_dict(start)
     opt = cls([p for p in model.parameters() if group != "matrices" or p.ndim == 2])
     if mode != "eager":
@@ -200,7 +210,7 @@ def run_optimizer_spec(compiled, text: str, seed: int, modes: list[str], show: b
     """('ran' | 'diverged', how many ERR or BAD rows) for one optimizer spec."""
     (_, group, cls, _), = compiled.module.OPTIMIZERS
     torch.manual_seed(0)
-    start = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double().state_dict()
+    start = small_mlp().state_dict()
     try:
         eager = optimizer_steps(cls, group, start, "eager")
     except Exception as e:  # noqa: BLE001 - an internal error is what this looks for
@@ -221,7 +231,7 @@ def run_optimizer_spec(compiled, text: str, seed: int, modes: list[str], show: b
             print(f"ERR  seed {seed} {mode}: {type(e).__name__}: {str(e)[:200]}", flush=True)
             print(text * show, end="")
             continue
-        worst = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item() for a, b in zip(eager, got))
+        worst = max(relative_error(a, b) for a, b in zip(eager, got))
         ok = worst <= (1e-5 if "newton_schulz" in text else 1e-9)
         failed += not ok
         print(f"{'OK ' if ok else 'BAD'}  seed {seed} {mode:10} parameters {worst:.1e} ({time.time() - start_time:.0f} s; "
@@ -267,7 +277,7 @@ def check_training(compiled, model, seed: int, modes: list[str]) -> int:
             failed += 1
             print(f"ERR  seed {seed} {mode} training: {type(e).__name__}: {str(e)[:200]}", flush=True)
             continue
-        worst = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item() for a, b in zip(eager, got))
+        worst = max(relative_error(a, b) for a, b in zip(eager, got))
         ok = worst <= 1e-9
         failed += not ok
         print(f"{'OK ' if ok else 'BAD'}  seed {seed} {mode:6} 4 training steps: parameters {worst:.1e}", flush=True)
@@ -281,7 +291,7 @@ def worst_gradient(model, grads_a, grads_b) -> tuple[float, str]:
             if not all(g is None or g.abs().max() == 0 for g in (a, b)):
                 return float("inf"), f"{name} (a gradient on one side only)"
             continue
-        err = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
+        err = relative_error(a, b)
         if err > worst:
             worst, where = err, name
     return worst, where
