@@ -127,8 +127,8 @@ def random_spec(seed: int) -> str:
     else:
         lines += f"    x = x + linear({read}, d_model)\n"
     if nested:  # the block inside another one
-        return (text + lines + "}\nblock outer {\n    x = layer(x)\n    x = x + swiglu(rmsnorm(x), 16)\n}\n"
-                "model {\n    dim d_model\n    repeat 2 { outer }\n}\n")
+        return (text + lines + "}\nblock wrapper {\n    x = layer(x)\n    x = x + swiglu(rmsnorm(x), 16)\n}\n"
+                "model {\n    dim d_model\n    repeat 2 { wrapper }\n}\n")
     return text + lines + "}\nmodel {\n    dim d_model\n    repeat 2 { layer }\n}\n"
 
 
