@@ -208,10 +208,20 @@ def _uses_lss(box: BoxInfo) -> bool:
                for n in ir.walk_expr(e))
 
 
+def runs_inner_steps(box: BoxInfo) -> bool:
+    """Whether a lowering runs the box's `steps N`: Newton-Schulz's iterations, and an optimizer
+    box's gradient steps on its objective (codegen/optimizers.py repeats its update, each step
+    from the state the previous one left, as NL Eq. 44 does for Newton-Schulz). An in-context
+    memory's chunk takes every gradient at its start state, where N steps would need a choice
+    the paper does not make: there `steps` stays refused."""
+    if box.optimizer is not None and optimizer_form(box).kind == "newton_schulz":
+        return True
+    return box.state.form == "like" and box.update is None and box.objective is not None
+
+
 def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
     where = box.prop_pos.get("optimizer") or box.pos
-    if "steps" in box.prop_pos and box.freq.inner != 1 and \
-            not (box.optimizer is not None and optimizer_form(box).kind == "newton_schulz"):
+    if "steps" in box.prop_pos and box.freq.inner != 1 and not runs_inner_steps(box):
         # the level graph shows the steps (NL: a level with k steps per use), but no rule runs
         # them: the general rule, where such a box went, did one step and said nothing
         errors.error(box.prop_pos["steps"], f"box `{box.name}`: `steps {box.freq.inner}` (several "

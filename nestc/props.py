@@ -61,8 +61,9 @@ BOX_PROPS: dict[str, PropInfo] = {p.name: p for p in [
        "adam(beta1, beta2), closed_form", "optimizer momentum(0.9)"),
     _p("update", "memory weights", "a user-written update rule: the new state as an expression "
        "of M and the box's streams (replaces objective and optimizer)", "update M + beta * g"),
-    _p("steps", "memory", "inner optimizer steps per update (multi-step GD); drawn in the level "
-       "graph, but only 1 is implemented (`nestc check` says so)", "steps 1"),
+    _p("steps", "memory", "inner optimizer steps per update: Newton-Schulz iterations, or an optimizer "
+       "box's gradient steps on its objective (each from the state the last left); an in-context "
+       "memory makes 1 (`nestc check` refuses more)", "steps 3"),
     _p("every", "memory weights", "update frequency: every N tokens (chunked, gradients at the "
        "chunk-start state) or every N steps", "every 64 tokens"),
     _p("read", "memory", "which state a read sees: before (the last committed state, default) or "

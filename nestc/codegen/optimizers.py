@@ -254,7 +254,11 @@ class OptimizerGen:
             local[n] = state
             em = OptEmitter(local, n, self.opt.params)
             new = self._rule(b, em, state, local)
-            if slow_acc:
+            inner = b.freq.inner if b.update is None and b.objective is not None else 1
+            if inner > 1:  # `steps N`: the update N times, each from the state the last one left
+                lines.append(f"        for _ in range({inner}):  # steps {inner}")
+                lines.append(f"            O.assign({state}, {new})")
+            elif slow_acc:
                 acc = f"states[{n + '_acc'!r}]"
                 lines.append(f"        O.assign({acc}, O.add({acc}, O.sub({new}, {state})))  # its increment at the committed state")
                 if due:

@@ -134,3 +134,65 @@ def test_the_compiled_optimizer_steps_as_the_rule_in_torch(name, mode):
     expected = _reference(start, grads_seq, fn)
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-14)
+
+
+INNER_STEPS = '''spec inner_steps "three gradient steps on the box's objective at each of its updates"
+param lr = 0.01
+box A : memory {
+    state     like(W)
+    context   g = grad(W)
+    lr        0.3
+    objective OBJECTIVE
+    retention 0.9 * M
+    steps     3
+    every     2 steps
+}
+box W : weights {
+    update W - lr * A
+}
+'''
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled", "per_tensor"])
+@pytest.mark.parametrize("objective", ["0.5 * l2(M, g)", "huber(M, g, 0.05)"])
+def test_steps_n_makes_n_gradient_steps_from_the_state_each_left(objective, mode):
+    """`steps 3` on an optimizer box: at each of its updates (every 2 steps here), three steps
+    M <- 0.9 M - 0.3 dL/dM(M), each at the state the one before left. It was refused (no lowering
+    ran inner steps but Newton-Schulz's)."""
+    (_, _, cls, defaults), = nestc.compile("inner_steps.nest", text=INNER_STEPS.replace("OBJECTIVE", objective)).module.OPTIMIZERS
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5, 3), (7,)]
+    start = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads_seq = [[0.3 * torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(5)]
+    params = [torch.nn.Parameter(p.clone()) for p in start]
+    opt = cls(params, **defaults)
+    if mode != "eager":
+        torch._dynamo.reset()
+        opt.compile_steps(per_tensor=mode == "per_tensor")
+    for grads in grads_seq:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+
+    def d_objective(m, g):  # d/dM of the objective, written out
+        d = m - g
+        return d if objective.startswith("0.5") else torch.where(d.abs() <= 0.05, d, 0.05 * d.sign())
+
+    expected = [p.clone() for p in start]
+    states = [torch.zeros_like(p) for p in start]
+    for step, grads in enumerate(grads_seq, start=1):
+        for i, g in enumerate(grads):
+            if step % 2 == 0:
+                for _ in range(3):
+                    states[i] = 0.9 * states[i] - 0.3 * d_objective(states[i], g)
+            expected[i] = expected[i] - 0.01 * states[i]
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-14)
+
+
+def test_steps_n_stays_refused_for_an_update_rule():
+    """A box with an update rule has no gradient step to repeat (an in-context memory's refusal
+    is a golden diagnostic in tests/language)."""
+    rule = INNER_STEPS.replace("    lr        0.3\n    objective OBJECTIVE\n", "    update    0.9 * M + g\n")
+    with pytest.raises(NestError, match="`steps 3` .* is not implemented"):
+        nestc.compile("rule_steps.nest", text=rule)
