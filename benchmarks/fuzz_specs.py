@@ -23,7 +23,8 @@ one. Per spec:
   parameters after 4 training steps (SGD, the trainer's level schedule), within 1e-9.
 
 `--family optimizer`: optimizer specs instead (one to three `like(W)` boxes over the gradients,
-with update rules or objectives, every 1 to 3 steps, and a weights box reading them), each run
+with update rules or objectives (some with `steps N`), every 1 to 3 steps, and a weights box
+reading them), each run
 for 7 steps on a small float64 MLP: eager, then with --compiled its compiled step over all
 parameters and, for an element-wise optimizer, per parameter; parameters within 1e-9 of eager's
 (1e-5 where Newton-Schulz runs in float32) or a BAD row.
@@ -167,6 +168,7 @@ def optimizer_box(rng: random.Random, name: str, earlier: str | None) -> str:
         props += [("lr", rng.choice(G_RATES)), ("objective", rng.choice(G_OBJECTIVES))]
         props += [("optimizer", o) for o in [rng.choice(G_OPTIMIZERS)] if o]
         props += [("retention", r) for r in [rng.choice(G_RETENTIONS)] if r]
+        props += [("steps", n) for n in [rng.choice([None, None, None, "2", "3"])] if n]
     props.append(("every", rng.choice(G_EVERY)))
     return f"box {name} : memory {{\n" + "".join(f"    {k} {v}\n" for k, v in props) + "}\n"
 
