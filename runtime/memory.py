@@ -820,7 +820,7 @@ class DeepMemory(nn.Module):
             st = {"W": W, "M": W, "offset": 0, "pos": 0}
             if momentum:
                 st["S"] = list(carry["S"])
-            st = self._advance(st, layers, x.get("lr", lr), x.get("gate"), x.get("beta", beta),
+            st = self._advance(st, layers, x.get("lr", lr), x.get("gate", gate), x.get("beta", beta),
                                pres=self._reusable(st, W, pres))
             # fresh contiguous tensors: scan's carry must not alias its input and must keep the
             # initial layout (the DGD kernel returns transposed states)

@@ -725,6 +725,41 @@ def test_adam_on_chunks_with_resets_compiles_to_eager_gradients(loops, request):
     _assert_compiled_equals_eager_in_float64("adam_chunks_reset.nest", ADAM_CHUNKS_RESET, loops, request)
 
 
+# found by fuzzing (benchmarks/fuzz_specs.py --seed 6000 --loops unroll,region,call,scan):
+# DeepMemory's chunk scan dropped a retention gate that is a number, not a stream
+CONSTANT_GATE = """spec constant_gate "a deep memory every token, with a constant retention"
+param d_model = 8
+param heads = 2
+block layer {
+    box mem : memory {
+        heads     heads
+        state     mlp(d_model / heads, depth=2, expansion=1, out=4, residual=false)
+        init      random(std=0.2)
+        keys      in
+        values    linear(in, d_model)
+        lr        1.0
+        objective dot(M(k), v)
+        retention RETENTION
+        every     1 tokens
+    }
+    x = x + linear(mem(rmsnorm(x)), d_model)
+}
+model {
+    dim d_model
+    repeat 1 { layer }
+}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retention", ["gate(0.9)", "weight_decay(0.1)"])
+def test_scan_keeps_a_constant_retention_gate(retention, request):
+    """Loop mode scan ran the memory's chunks without its gate: loss 1e-4 and gradients 230% off
+    (aot_eager too, so not inductor's doing); a gate that is a stream was right."""
+    _assert_compiled_equals_eager_in_float64("constant_gate.nest", CONSTANT_GATE.replace("RETENTION", retention),
+                                             "scan", request)
+
+
 def test_call_loops_refuse_adam_on_chunks():
     from nestc.diagnostics import NestError
 
