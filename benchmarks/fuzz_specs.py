@@ -5,7 +5,8 @@ compiler accepts must build, run and train; compiled, it must give eager's resul
     python benchmarks/fuzz_specs.py --seed 5000 --count 12 --loops unroll,scan  # and compiled
     python benchmarks/fuzz_specs.py --family optimizer --seed 1000 --count 80 --compiled
 
-Each spec is one block with one or two memory boxes (the second reads the first's output),
+Each spec is one block with one or two memory boxes (the second reads the first's output, or
+the two read side by side and `combine`d),
 their properties drawn from the pools below: states, initial states, keys, values (self-
 generated ones and `lss` included), learning rates, objectives, retentions, optimizers, update
 rules, chunk sizes in tokens or steps, and options (`grad stop`, `grad_state call_start`,
@@ -80,7 +81,8 @@ UPDATES = ["M + lr * outer(v - M(k), k)", "0.9 * M + 0.1 * outer(v, k)"]  # squa
 EVERY = ["1 tokens", "1 tokens", "2 tokens", "3 tokens", "4 tokens", "1 steps", "2 steps"]
 OPTIONS = [None, "grad stop", "reset 6", "query l2norm(linear(in, d_model), groups=heads)",
            "grad_state call_start", "read before"]
-READS = ["mem(h)", "mem(h)", "read_before(mem, h)"]
+READS = ["mem(h)", "mem(h)", "read_before(mem, h)", "read_after(mem, h)"]
+COMBINE = ["", ", mode=sum", ", mode=mean"]
 
 
 def box(rng: random.Random, name: str) -> str:
@@ -121,7 +123,10 @@ def random_spec(seed: int) -> str:
         text += f"    box attn : attention {{\n        heads heads\n        {attention}\n    }}\n"
         prefix = ", prefix=mem(h)" if "segment" in attention and rng.random() < 0.5 else ""
         lines += f"    x = x + linear(attn(h{prefix}), d_model)\n"
-    if two:
+    if two and rng.random() < 0.3:  # side by side, their reads combined (CMS's independent form)
+        text += box(rng, "mem2").replace("M(g)", "M(in)")
+        lines += f"    x = x + linear(combine({read}, mem2(h){rng.choice(COMBINE)}), d_model)\n"
+    elif two:
         text += box(rng, "mem2").replace("M(g)", "M(in)")
         lines += (f"    let a = {read}\n"
                   "    x = x + linear(a, d_model) + linear(mem2(h + linear(a, d_model)), d_model)\n")
@@ -361,6 +366,7 @@ def main() -> None:
             continue
         if not torch.isfinite(loss):
             diverged += 1
+            print(f"inf  seed {seed}: a non-finite loss (not a failure: random rates diverge)", flush=True)
             continue
         if a.train:
             failed += check_training(compiled, model, seed, modes)
