@@ -102,12 +102,17 @@ abs = _unary("abs", builtins.abs)  # noqa: A001
 exp = _unary("exp", math.exp)
 log = _unary("log", math.log)
 sign = _unary("sign", lambda x: (x > 0) - (x < 0))
-sigmoid = _unary("sigmoid", lambda x: 1 / (1 + math.exp(-x)))
+def _sigmoid(x: float) -> float:  # without overflow in exp at either end
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+sigmoid = _unary("sigmoid", _sigmoid)
 tanh = _unary("tanh", math.tanh)
 relu = _unary("relu", lambda x: builtins.max(x, 0.0))
-silu = _unary("silu", lambda x: x / (1 + math.exp(-x)), torch.nn.functional.silu)
+silu = _unary("silu", lambda x: x * _sigmoid(x), torch.nn.functional.silu)
 gelu = _unary("gelu", lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))), torch.nn.functional.gelu)
-softplus = _unary("softplus", lambda x: math.log1p(math.exp(x)), torch.nn.functional.softplus)
+softplus = _unary("softplus", lambda x: builtins.max(x, 0.0) + math.log1p(math.exp(-builtins.abs(x))),
+                  torch.nn.functional.softplus)
 
 
 def _zipped(op):

@@ -196,3 +196,18 @@ def test_steps_n_stays_refused_for_an_update_rule():
     rule = INNER_STEPS.replace("    lr        0.3\n    objective OBJECTIVE\n", "    update    0.9 * M + g\n")
     with pytest.raises(NestError, match="`steps 3` .* is not implemented"):
         nestc.compile("rule_steps.nest", text=rule)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "silu", "gelu", "softplus", "relu", "tanh"])
+def test_scalar_forms_agree_with_torch_even_where_exp_overflows(name):
+    """An optimizer's rule applies its functions to per-parameter numbers too (rows(W), a
+    hyperparameter): those take Python's math, which must give torch's values, at ±800 too
+    (math.exp(800) raises OverflowError)."""
+    from nestc.runtime import optim as O
+
+    torch_fn = {"sigmoid": torch.sigmoid, "silu": F.silu, "gelu": F.gelu, "softplus": F.softplus,
+                "relu": torch.relu, "tanh": torch.tanh}[name]
+    for x in (-800.0, -3.0, -1e-3, 0.0, 2.5, 800.0):
+        want = torch_fn(torch.tensor(x, dtype=torch.float64)).item()
+        assert getattr(O, name)(x) == pytest.approx(want, rel=1e-12, abs=1e-300)
+        assert getattr(O, name)([x])[0] == pytest.approx(want, rel=1e-12, abs=1e-300)
