@@ -103,21 +103,23 @@ def test_check_and_compile_agree(tmp_path, name):
         assert compiled is not None and REFUSED[name] in compiled
 
 
-def _reference(params, grads_seq, fn, lr=0.01):
-    params = [p.detach().clone() for p in params]
-    states = [torch.zeros_like(p) for p in params]
-    for grads in grads_seq:
-        for i, g in enumerate(grads):
-            states[i] = fn(g, states[i])
-            params[i] = params[i] - lr * states[i]
-    return params
+OPERATOR_NAMES = {"%": "mod", "<": "lt", "<=": "le", ">=": "ge", "==": "eq", "!=": "ne"}
+
+
+def all_rules_spec() -> str:
+    """Every rule of RULES as a box of one optimizer (one compile per mode, not one per rule),
+    the weights stepping by their sum."""
+    boxes = {OPERATOR_NAMES.get(name, name): rule for name, (rule, _) in RULES.items()}
+    text = 'spec userfns "every rule at once"\nparam lr = 0.01\n'
+    for box, rule in boxes.items():
+        text += (f"box b_{box} : memory {{\n    state   like(W)\n    context g = grad(W)\n"
+                 f"    update  {rule}\n    every   1 step\n}}\n")
+    return text + "box W : weights {\n    update W - lr * (" + " + ".join(f"b_{b}" for b in boxes) + ")\n}\n"
 
 
 @pytest.mark.parametrize("mode", ["eager", "compiled", "per_tensor"])
-@pytest.mark.parametrize("name", sorted(RULES))
-def test_the_compiled_optimizer_steps_as_the_rule_in_torch(name, mode):
-    rule, fn = RULES[name]
-    (_, _, cls, defaults), = nestc.compile("userfn.nest", text=spec(rule)).module.OPTIMIZERS
+def test_the_compiled_optimizer_steps_as_the_rules_in_torch(mode):
+    (_, _, cls, defaults), = nestc.compile("userfns.nest", text=all_rules_spec()).module.OPTIMIZERS
     gen = torch.Generator().manual_seed(0)
     shapes = [(5, 3), (7,), (2, 3, 2)]
     start = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
@@ -131,9 +133,17 @@ def test_the_compiled_optimizer_steps_as_the_rule_in_torch(name, mode):
         for p, g in zip(params, grads):
             p.grad = g.clone()
         opt.step()
-    expected = _reference(start, grads_seq, fn)
+    expected = [p.clone() for p in start]
+    for name, (_, fn) in RULES.items():  # each box's state, and its part of the weights' steps
+        box = "b_" + OPERATOR_NAMES.get(name, name)
+        for i, p in enumerate(params):
+            state = torch.zeros_like(p)
+            for grads in grads_seq:
+                state = fn(grads[i], state)
+                expected[i] = expected[i] - 0.01 * state
+            torch.testing.assert_close(opt.state[p][box], state, rtol=1e-12, atol=1e-14, msg=lambda m: f"{box}: {m}")
     for p, e in zip(params, expected):
-        torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-13)
 
 
 INNER_STEPS = '''spec inner_steps "three gradient steps on the box's objective at each of its updates"
