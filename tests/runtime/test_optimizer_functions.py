@@ -117,13 +117,14 @@ def all_rules_spec() -> str:
     return text + "box W : weights {\n    update W - lr * (" + " + ".join(f"b_{b}" for b in boxes) + ")\n}\n"
 
 
-@pytest.mark.parametrize("mode", ["eager", "compiled", "per_tensor"])
-def test_the_compiled_optimizer_steps_as_the_rules_in_torch(mode):
-    (_, _, cls, defaults), = nestc.compile("userfns.nest", text=all_rules_spec()).module.OPTIMIZERS
+def _stepped(text: str, shapes: list, steps: int, mode: str):
+    """The optimizer of spec `text` (eager, compiled, or compiled per parameter) run `steps` steps
+    on float64 parameters of `shapes` with gradients drawn from a fixed seed: (the starting
+    parameters, each step's gradients, the parameters, the optimizer)."""
+    (_, _, cls, defaults), = nestc.compile("userfns.nest", text=text).module.OPTIMIZERS
     gen = torch.Generator().manual_seed(0)
-    shapes = [(5, 3), (7,), (2, 3, 2)]
     start = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
-    grads_seq = [[0.3 * torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(4)]
+    grads_seq = [[0.3 * torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(steps)]
     params = [torch.nn.Parameter(p.clone()) for p in start]
     opt = cls(params, **defaults)
     if mode != "eager":
@@ -133,6 +134,12 @@ def test_the_compiled_optimizer_steps_as_the_rules_in_torch(mode):
         for p, g in zip(params, grads):
             p.grad = g.clone()
         opt.step()
+    return start, grads_seq, params, opt
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled", "per_tensor"])
+def test_the_compiled_optimizer_steps_as_the_rules_in_torch(mode):
+    start, grads_seq, params, opt = _stepped(all_rules_spec(), [(5, 3), (7,), (2, 3, 2)], 4, mode)
     expected = [p.clone() for p in start]
     for name, (_, fn) in RULES.items():  # each box's state, and its part of the weights' steps
         box = "b_" + OPERATOR_NAMES.get(name, name)
@@ -169,20 +176,7 @@ def test_steps_n_makes_n_gradient_steps_from_the_state_each_left(objective, mode
     """`steps 3` on an optimizer box: at each of its updates (every 2 steps here), three steps
     M <- 0.9 M - 0.3 dL/dM(M), each at the state the one before left. It was refused (no lowering
     ran inner steps but Newton-Schulz's)."""
-    (_, _, cls, defaults), = nestc.compile("inner_steps.nest", text=INNER_STEPS.replace("OBJECTIVE", objective)).module.OPTIMIZERS
-    gen = torch.Generator().manual_seed(0)
-    shapes = [(5, 3), (7,)]
-    start = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
-    grads_seq = [[0.3 * torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(5)]
-    params = [torch.nn.Parameter(p.clone()) for p in start]
-    opt = cls(params, **defaults)
-    if mode != "eager":
-        torch._dynamo.reset()
-        opt.compile_steps(per_tensor=mode == "per_tensor")
-    for grads in grads_seq:
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        opt.step()
+    start, grads_seq, params, _ = _stepped(INNER_STEPS.replace("OBJECTIVE", objective), [(5, 3), (7,)], 5, mode)
 
     def d_objective(m, g):  # d/dM of the objective, written out
         d = m - g
