@@ -258,3 +258,11 @@ def names_in(expr: Any) -> list[Name]:
 
 def calls_in(expr: Any) -> list[Call]:
     return [e for e in walk_expr(expr) if isinstance(e, Call)]
+
+
+def read_name(c: Call) -> str:
+    """The name a call reads by: `read_before(m, e)` and `read_after(m, e)` read box m; any other
+    call `f(...)` is named f (a box's read where f is a box)."""
+    if c.func in ("read_before", "read_after") and c.args and isinstance(c.args[0], Name):
+        return c.args[0].id
+    return c.func

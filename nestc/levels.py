@@ -281,9 +281,8 @@ def _block_feeds(program: Program, blk) -> list[tuple[str, str, bool]]:
         if isinstance(e, ir.Call):
             inner_stop = stop or e.func == "stop_grad"
             args = list(e.args) + [k.value for k in e.kwargs]
-            box = e.func if e.func in local else (
-                e.args[0].id if e.func in ("read_before", "read_after") and e.args and
-                isinstance(e.args[0], ir.Name) and e.args[0].id in local else None)
+            name = ir.read_name(e)
+            box = name if name in local else None
             if box is not None:
                 # everything the read takes in (its stream and, for attention, prefix tokens)
                 src = set()

@@ -208,15 +208,20 @@ def _uses_lss(box: BoxInfo) -> bool:
                for n in ir.walk_expr(e))
 
 
+def repeats_update(box: BoxInfo) -> bool:
+    """Whether the box's `steps N` repeats its update: an optimizer box's gradient steps on its
+    objective (codegen/optimizers.py, each step from the state the previous one left, as NL Eq.
+    44 does for Newton-Schulz). An in-context memory's chunk takes every gradient at its start
+    state, where N steps would need a choice the paper does not make: there `steps` is refused."""
+    return box.state.form == "like" and box.update is None and box.objective is not None
+
+
 def runs_inner_steps(box: BoxInfo) -> bool:
-    """Whether a lowering runs the box's `steps N`: Newton-Schulz's iterations, and an optimizer
-    box's gradient steps on its objective (codegen/optimizers.py repeats its update, each step
-    from the state the previous one left, as NL Eq. 44 does for Newton-Schulz). An in-context
-    memory's chunk takes every gradient at its start state, where N steps would need a choice
-    the paper does not make: there `steps` stays refused."""
+    """Whether a lowering runs the box's `steps N`: Newton-Schulz's iterations, or a repeated
+    update (`repeats_update`)."""
     if box.optimizer is not None and optimizer_form(box).kind == "newton_schulz":
         return True
-    return box.state.form == "like" and box.update is None and box.objective is not None
+    return repeats_update(box)
 
 
 def _plan_box(box: BoxInfo, errors: Collector) -> BoxPlan | None:
@@ -396,11 +401,16 @@ def _call_start_unsupported(p: BoxPlan, errors: Collector) -> bool:
     return True
 
 
+def _block_boxes(program: Program, block) -> dict[str, BoxInfo]:
+    """The boxes a block declares, by the names its statements call them by."""
+    return {program.boxes[q].name: program.boxes[q] for q in block.boxes if q in program.boxes}
+
+
 def _check_prefix_reads(program: Program, errors: Collector) -> None:
     """`attn(h, prefix=m)` prepends m's tokens to each segment (Titans MAC, Eqs. 21-23); without
     a `segment` there is no segment to prepend them to, and runtime/attention.py refuses it."""
     for block in program.blocks.values():
-        local = {program.boxes[q].name: program.boxes[q] for q in block.boxes if q in program.boxes}
+        local = _block_boxes(program, block)
         for st in block.statements:
             for c in ir.calls_in(st.value):
                 b = local.get(c.func)
@@ -418,12 +428,11 @@ def _check_lss_reads(program: Program, errors: Collector) -> None:
     places, there are several outputs, and which gradient it learns from is not implemented
     (the generated code lost the probe and failed at the first step)."""
     for block in program.blocks.values():
-        local = {program.boxes[q].name: program.boxes[q] for q in block.boxes if q in program.boxes}
+        local = _block_boxes(program, block)
         reads: dict[str, list[ir.Call]] = {}
         for st in block.statements:
             for c in ir.calls_in(st.value):
-                name = c.args[0].id if c.func in ("read_before", "read_after") and c.args \
-                    and isinstance(c.args[0], ir.Name) else c.func
+                name = ir.read_name(c)
                 if name in local and _uses_lss(local[name]):
                     reads.setdefault(name, []).append(c)
         for name, calls in reads.items():

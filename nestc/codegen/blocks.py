@@ -90,13 +90,8 @@ class BlockGen:
         return {n.id for n in ir.names_in(e)}
 
     def _box_reads(self, e: ir.Expr) -> list[tuple[ir.Call, str]]:
-        out = []
-        for c in ir.calls_in(e):
-            if c.func in self.refs:
-                out.append((c, c.func))
-            elif c.func in ("read_before", "read_after") and isinstance(c.args[0], ir.Name):
-                out.append((c, c.args[0].id))
-        return out
+        # (`read_before(m, e)` names a box of this block: the resolver checked it)
+        return [(c, box) for c in ir.calls_in(e) if (box := ir.read_name(c)) in self.refs]
 
     def _box_exprs(self, b: BoxInfo) -> list[ir.Expr]:
         exprs = [getattr(b, f) for f in BOX_FIELDS] + list(b.contexts.values())
@@ -225,12 +220,8 @@ class BlockGen:
         return em
 
     def _hook(self, c: ir.Call, em: ExprEmitter, names: dict[str, str], in_loop: bool) -> str | None:
-        box = None
-        if c.func in self.refs:
-            box = c.func
-        elif c.func in ("read_before", "read_after") and c.args and isinstance(c.args[0], ir.Name):
-            box = c.args[0].id
-        if box is not None:
+        box = ir.read_name(c)
+        if box in self.refs:
             return self._read(box, c, em, names, in_loop)
         if c.func in self.p.blocks or any(q.endswith("." + c.func) for q in self.p.blocks):
             return self._block_call(c, em)

@@ -19,7 +19,7 @@ import networkx as nx
 
 from .. import ir
 from ..diagnostics import NestError
-from ..lower import BoxPlan, objective_form, retention_form
+from ..lower import BoxPlan, objective_form, repeats_update, retention_form
 from ..printer import expr_str
 from ..program import BoxInfo, OptimizerInfo
 from .names import class_name, one_line, py_name
@@ -254,9 +254,8 @@ class OptimizerGen:
             local[n] = state
             em = OptEmitter(local, n, self.opt.params)
             new = self._rule(b, em, state, local)
-            inner = b.freq.inner if b.update is None and b.objective is not None else 1
-            if inner > 1:  # `steps N`: the update N times, each from the state the last one left
-                lines.append(f"        for _ in range({inner}):  # steps {inner}")
+            if repeats_update(b) and b.freq.inner > 1:  # `steps N`: N updates, each from the last's state
+                lines.append(f"        for _ in range({b.freq.inner}):  # steps {b.freq.inner}")
                 lines.append(f"            O.assign({state}, {new})")
             elif slow_acc:
                 acc = f"states[{n + '_acc'!r}]"
