@@ -370,8 +370,7 @@ class Resolver:
                 self.err(item.value.pos, f"`{item.name}` must be " + " or ".join(words) + f", got {v!r}",
                          hint=did_you_mean(str(v), words))
                 continue
-            if item.name in ("seq_len", "batch", "steps", "dim", "vocab") and \
-                    (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            if item.name in ("seq_len", "batch", "steps", "dim", "vocab") and not _is_whole(v):
                 self.err(item.value.pos, f"`{item.name}` must be a positive whole number, got {v!r}")
             out[item.name] = v
         return out
@@ -395,7 +394,7 @@ class Resolver:
                 n = self._const(r.count, self._param_value, "`repeat`")
             except Fail:
                 continue
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            if not _is_whole(n):
                 self.err(r.count.pos, f"`repeat` needs a positive whole number, got {n!r}")
                 continue
             if len(layers) + n * len(r.blocks) > MAX_LAYERS:
@@ -515,7 +514,7 @@ class Resolver:
         # heads
         if one("heads") is not None:
             h = self._const_prop(one("heads"), name)
-            if isinstance(h, int) and not isinstance(h, bool) and h >= 1:
+            if _is_whole(h):
                 info.heads = h
             elif h is not None:
                 self.err(one("heads").value.pos, f"`heads` must be a positive whole number, got {h!r}")
@@ -541,7 +540,7 @@ class Resolver:
             else:
                 unit = UNITS[u][:-1]
             if n is not None:
-                if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                if not _is_whole(n):
                     self.err(ev.value.pos, f"`every` needs a positive whole number, got {n!r}")
                 else:
                     period = n
@@ -564,7 +563,7 @@ class Resolver:
         stp = one("steps")
         if stp is not None:
             n = self._const_prop(stp, name)
-            if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+            if _is_whole(n):
                 info.freq = Frequency(info.freq.unit, info.freq.period, n)
             elif n is not None:
                 self.err(stp.value.pos, f"`steps` must be a positive whole number, got {n!r}")
@@ -637,8 +636,7 @@ class Resolver:
             except Fail:
                 return None
         for k, v in vals.items():
-            if k in ("d_in", "d_out", "dim", "d", "depth", "out", "hidden") and v is not None and \
-                    (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            if k in ("d_in", "d_out", "dim", "d", "depth", "out", "hidden") and v is not None and not _is_whole(v):
                 self.err(e.pos, f"`{k}` of `state {e.func}(...)` must be a positive whole number, "
                          f"got {v!r}")
                 return None
@@ -743,7 +741,7 @@ class Resolver:
                 p = one(pname)
                 if p is not None:
                     v = self._const_prop(p, name)
-                    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    if not _is_whole(v, low=0):
                         self.err(p.value.pos, f"`{pname}` must be a whole number ≥ 0, got {v!r}")
                     else:
                         setattr(info, pname, v)
@@ -774,7 +772,7 @@ class Resolver:
             if w in WORDS["reset"]:
                 info.reset = w
             else:
-                if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+                if _is_whole(v):
                     info.reset = v
                 elif v is not None:
                     self.err(p.value.pos, "`reset` must be sequence, never, or a number of tokens")
@@ -1013,8 +1011,7 @@ class Resolver:
             folded, ty = self._check_soft(a, env.child(what=f"`optimizer {e.func}` of box `{info.name}`"))
             if folded is None:
                 return None
-            if e.func == "newton_schulz" and k == "steps" and (
-                    ty.space != "const" or not isinstance(ty.value, int) or isinstance(ty.value, bool) or ty.value < 1):
+            if e.func == "newton_schulz" and k == "steps" and (ty.space != "const" or not _is_whole(ty.value)):
                 got = repr(ty.value) if ty.space == "const" else "a value known only at run time"
                 self.err(a.pos, f"`steps` of `optimizer newton_schulz` must be a whole number ≥ 1 known at "
                          f"compile time, got {got}")
@@ -1722,11 +1719,16 @@ def _one_stream(r: Resolver, e, fn, args, env, allow_head=False):
     r.fail(args["e"].pos, f"`{fn.name}` takes a per-token stream, got {_ty_words(ty)}")
 
 
+def _is_whole(v: Any, low: int = 1) -> bool:
+    """Whether a compile-time value is a whole number of at least `low` (True is not one)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
 def _const_int(r: Resolver, ex: ir.Expr | None, what: str, low: int = 1) -> int:
     if ex is None:
         r.fail(None, f"{what} is missing")
     a, ty = r.check(ex, Env(scope="const", what=what))
-    if ty.space != "const" or not isinstance(ty.value, int) or isinstance(ty.value, bool) or ty.value < low:
+    if ty.space != "const" or not _is_whole(ty.value, low):
         r.fail(ex.pos, f"{what} must be a whole number ≥ {low} known at compile time")
     return ty.value
 
@@ -1880,7 +1882,7 @@ def _rule_newton_schulz(r, e, fn, args, env):
             v, vt = r.check(args[k], env)
             if vt.space != "const":
                 r.fail(args[k].pos, f"`{k}` of `newton_schulz` must be a constant")
-            if k == "steps" and (not isinstance(vt.value, int) or isinstance(vt.value, bool) or vt.value < 1):
+            if k == "steps" and not _is_whole(vt.value):
                 # the iteration count shapes the generated code (it was truncated: 0.5 ran none)
                 r.fail(args[k].pos, f"`steps` of `newton_schulz` must be a whole number ≥ 1, got {vt.value!r}")
             kws.append(ir.KwArg(name=k, value=v))
