@@ -77,23 +77,23 @@ def _run(fn: Callable[[], int | None]) -> None:
     raise typer.Exit(code or 0)
 
 
-def _program(spec: str, sets: list[str]):
+def _program(spec: str, sets: list[str], loaded=None):
+    """The resolved spec (`loaded`: its file already read, by `load(spec)`)."""
     from .loader import load
     from .resolve import resolve
 
-    loaded = load(spec)
-    return resolve(loaded, _overrides(sets))
+    return resolve(loaded if loaded is not None else load(spec), _overrides(sets))
 
 
 def _check_bench_model(spec: str, overrides: dict, loops: str | None) -> None:
     """What the benchmark's child processes would otherwise stop on as an internal error: a spec
-    with no optimizer to train with, a loop mode that cannot compile one of its boxes. The model
-    is built on the meta device (no memory, no arithmetic)."""
+    with no optimizer to train with, a loop mode that cannot compile one of its boxes (which the
+    model's modules say: it is built on the meta device, no memory, no arithmetic)."""
     import torch
 
     import nestc
 
-    from .runtime.train import check_call_loops, make_optimizer
+    from .runtime.train import check_call_loops
 
     compiled = nestc.compile(spec, overrides)
     with torch.device("meta"):
@@ -103,7 +103,6 @@ def _check_bench_model(spec: str, overrides: dict, loops: str | None) -> None:
                            f"spec {compiled.program.name} has no optimizer, and `nestc bench` times "
                            "its training step", hint="give it a train section with an optimizer, e.g. "
                            "`train { optimizer adamw(lr=1e-3) }`")
-    make_optimizer(compiled, model)
     if loops is not None:
         check_call_loops(model, loops)
 
@@ -122,13 +121,13 @@ def check(spec: str = typer.Argument(..., help="a spec file (.nest / .yaml) or a
         from .loader import load
         from .views import print_warnings
 
-        program = _program(spec, set_)
+        loaded = load(spec)
+        program = _program(spec, set_, loaded)
         lg = build(program)
         lowering = unsupported(program)
         # what only code generation finds (a read a box cannot give, a function an optimizer
         # box's rules cannot run, ...), on the program as `nestc compile` resolves it: an
         # optimizer spec compiled on its own is its optimizer
-        loaded = load(spec)
         if is_optimizer_spec(loaded):
             target = resolve_for_compile(loaded, _overrides(set_))
             generate(target, build(target))
