@@ -1156,11 +1156,10 @@ class GeneralMemory(DeepMemory):
         call of one region (`_token_step`): a compile that grows with the sequence, the faster
         steps. (Loop mode "call" compiles with graph breaks allowed, where torch 2.13's inductor
         cannot lower a scan at all: DataDependentOutputException on the loop index.) Not with
-        the cadence audit's recorder or resets after a token count (they act between tokens, in
-        Python), nor where a stream is not one slice per token, nor without a query (generated
-        code always reads; a scan with no per-token output failed under torch.compile in torch
-        2.13: IndexError in its backward). Resets after a token count run inside the scan
-        (`_resets_in_scan`)."""
+        the cadence audit's recorder (it acts between tokens, in Python), nor where a stream is
+        not one slice per token, nor without a query (generated code always reads; a scan with
+        no per-token output failed under torch.compile in torch 2.13: IndexError in its
+        backward). Resets after a token count run inside the scan (`_resets_in_scan`)."""
         from .ops import loop_mode
 
         # Adam on chunks of several tokens: torch 2.13's inductor cannot compile the region calls

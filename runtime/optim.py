@@ -102,6 +102,8 @@ abs = _unary("abs", builtins.abs)  # noqa: A001
 exp = _unary("exp", math.exp)
 log = _unary("log", math.log)
 sign = _unary("sign", lambda x: (x > 0) - (x < 0))
+
+
 def _sigmoid(x: float) -> float:  # without overflow in exp at either end
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
@@ -152,9 +154,12 @@ def _huber_one(d, delta):
     return _huber(d, delta)
 
 
+_huber_each = _zipped(_huber_one)
+
+
 def huber(a, b, delta):
     """The element-wise Huber loss of a - b (runtime/ops.py's, as memories use it)."""
-    return _zipped(_huber_one)(sub(a, b), delta)
+    return _huber_each(sub(a, b), delta)
 
 
 def _pick(x, y, greater: bool):
