@@ -100,8 +100,9 @@ def box(rng: random.Random, name: str) -> str:
         # backprop step on the loss gradient at its output)
         props = [(k, v) for k, v in props if k not in ("values", "objective", "optimizer", "retention", "update")]
         props += [("values", "lss"), ("objective", "dot(M(k), v)")]
-        return f"    box {name} : memory {{\n" + "".join(f"        {k} {v}\n" for k, v in props) + "    }\n"
-    option = rng.choice(OPTIONS)
+        option = None
+    else:
+        option = rng.choice(OPTIONS)
     body = "".join(f"        {k} {v}\n" for k, v in props) + (f"        {option}\n" if option else "")
     return f"    box {name} : memory {{\n{body}    }}\n"
 
