@@ -46,6 +46,31 @@ model {
 """
 
 
+# A general-rule memory running Adam on its inner objective, updated every 4 tokens: its tokens
+# run as a scan in a compiled step (inductor could not compile the per-token region calls), so
+# `--loops call` refuses it (tests/compile and tests/train)
+ADAM_CHUNKS = """spec adam_chunks "Adam on the inner objective, updated every 4 tokens"
+param d_model = 8
+param heads = 2
+block layer {
+    box mem : memory {
+        heads     heads
+        state     mlp(d_model / heads, depth=2, expansion=2)
+        keys      silu(conv(linear(in, d_model), 3))
+        values    tanh(linear(in, d_model))
+        objective sum(abs(M(k) - v) ** 3)
+        optimizer adam(0.9, 0.99, 1e-6)
+        every     4 tokens
+    }
+    x = x + linear(mem(rmsnorm(x)), d_model)
+}
+model {
+    dim d_model
+    repeat 1 { layer }
+}
+"""
+
+
 def call_start(tmp_path, overrides: dict[str, str]):
     """CALL_START_SPEC written to tmp_path and compiled with `overrides`."""
     spec = tmp_path / "call_start.nest"

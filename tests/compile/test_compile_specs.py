@@ -13,7 +13,7 @@ from nestc.loader import builtin_names
 from nestc.runtime.train import forward_loss, frozen, make_loss_fns, probe_loss, signals
 
 from region_backwards import backward_variants
-from small_models import MODEL_SPECS, SHRINK, SMALL, call_start, small
+from small_models import ADAM_CHUNKS, MODEL_SPECS, SHRINK, SMALL, call_start, small
 
 
 def test_every_model_spec_is_covered():
@@ -679,36 +679,14 @@ def test_stop_gradient_proximal_memory_beside_a_call_start_memory(loops, request
     _assert_compiled_equals_eager_in_float64("scan_stop_proximal.nest", SCAN_STOP_PROXIMAL, loops, request)
 
 
-ADAM_CHUNKS = """spec adam_chunks "Adam on the inner objective, updated every 4 tokens"
-param d_model = 8
-param heads = 2
-block layer {
-    box mem : memory {
-        heads     heads
-        state     mlp(d_model / heads, depth=2, expansion=2)
-        keys      silu(conv(linear(in, d_model), 3))
-        values    tanh(linear(in, d_model))
-        objective sum(abs(M(k) - v) ** 3)
-        optimizer adam(0.9, 0.99, 1e-6)
-        every     4 tokens
-    }
-    x = x + linear(mem(rmsnorm(x)), d_model)
-}
-model {
-    dim d_model
-    repeat 1 { layer }
-}
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("loops", ["unroll", "region"])
 def test_adam_on_chunks_of_several_tokens_compiles_and_equals_eager(loops, request):
-    """A general-rule memory with Adam updated every 4 tokens: its per-token region calls stopped
-    torch 2.13's inductor (AssertionError: subgraph args must have consistent values!, an internal
-    error from `nestc train --compile`), found by fuzzing random specs; its tokens now run as one
-    scan there (runtime/memory.py `_can_scan_tokens`). Every 1 token (examples/adam_memory.nest)
-    keeps the region calls."""
+    """A general-rule memory with Adam updated every 4 tokens (small_models.ADAM_CHUNKS): its
+    per-token region calls stopped torch 2.13's inductor (AssertionError: subgraph args must have
+    consistent values!, an internal error from `nestc train --compile`), found by fuzzing random
+    specs; its tokens now run as one scan there (runtime/memory.py `_can_scan_tokens`). Every 1
+    token (examples/adam_memory.nest) keeps the region calls."""
     _assert_compiled_equals_eager_in_float64("adam_chunks.nest", ADAM_CHUNKS, loops, request)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from small_models import ADAM_CHUNKS
 from train_helpers import assert_user_error, nestc_cli, sets
 
 TINY_TITANS = {"d_model": "32", "heads": "2", "n_layers": "1", "chunk": "8"}
@@ -130,26 +131,6 @@ def test_the_log_view_prints_each_phase_once_and_the_time_of_a_long_one(monkeypa
         stage + "timed steps (3)"]  # 0.7 s until the end: no time line
 
 
-# a general-rule memory running Adam on chunks of 4 tokens (tests/compile ADAM_CHUNKS), which
-# call loops cannot compile
-ADAM_CHUNKS = """spec adam_chunks "Adam on the inner objective, updated every 4 tokens"
-block layer {
-    box mem : memory {
-        heads     2
-        state     mlp(4, depth=2, expansion=2)
-        keys      in
-        values    tanh(linear(in, 8))
-        objective l2(M(k), v)
-        optimizer adam(0.9, 0.99, 1e-6)
-        every     4 tokens
-    }
-    x = x + linear(mem(rmsnorm(x)), 8)
-}
-model {
-    dim 8
-    repeat 1 { layer }
-}
-"""
 
 
 def test_bench_refuses_a_spec_without_an_optimizer_up_front(tmp_path):
